@@ -1,0 +1,89 @@
+//! The engine's configuration, one section of the `pop` and `up` role files.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::EngineError;
+
+/// How an engine worker runs. Zero means "choose for me" where documented.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// GGUF file to serve; empty: the cached SmolLM2-135M-Instruct from `meridian models pull`.
+    pub model: Option<PathBuf>,
+    /// Compute threads; 0: every core.
+    pub threads: usize,
+    /// Tokens per KV-cache block.
+    pub kv_block_size: usize,
+    /// KV-cache blocks; 0: sized from `kv_memory_bytes`.
+    pub kv_blocks: usize,
+    /// Memory for the KV cache when `kv_blocks` is 0, bytes.
+    pub kv_memory_bytes: u64,
+    /// Tokens the scheduler may put in one step (decode tokens plus prefill chunks).
+    pub max_batch_tokens: usize,
+    /// Sequences running at once, at most.
+    pub max_running: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            model: None,
+            threads: 0,
+            kv_block_size: 16,
+            kv_blocks: 0,
+            kv_memory_bytes: 512 << 20,
+            max_batch_tokens: 512,
+            max_running: 64,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Checks the values that have no meaningful zero or that contradict each other.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        if self.kv_block_size == 0 || !self.kv_block_size.is_power_of_two() {
+            return Err(EngineError::Config(format!(
+                "kv_block_size must be a power of two, got {}",
+                self.kv_block_size
+            )));
+        }
+        if self.max_batch_tokens == 0 || self.max_running == 0 {
+            return Err(EngineError::Config(
+                "max_batch_tokens and max_running must be at least 1".into(),
+            ));
+        }
+        if self.kv_blocks == 0 && self.kv_memory_bytes == 0 {
+            return Err(EngineError::Config(
+                "set kv_blocks or kv_memory_bytes".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_values_do_not() {
+        EngineConfig::default().validate().unwrap();
+        let bad = EngineConfig {
+            kv_block_size: 12,
+            ..Default::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("power of two")
+        );
+        let bad = EngineConfig {
+            max_batch_tokens: 0,
+            ..Default::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

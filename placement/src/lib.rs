@@ -1,0 +1,19 @@
+//! `meridian-placement`: the placement driver.
+//!
+//! The placement solver (pure: instance in, plan out), the `ControlPlane` gRPC service,
+//! the `Store` that holds fleet state (etcd in production, memory on one machine) and the
+//! reconcile loop that turns a plan into residency directives. The solver and checker
+//! never touch tokio, tonic or etcd. Depends on `meridian-proto` only.
+
+pub mod config;
+pub mod service;
+
+pub use config::{ControlConfig, StoreConfig, StoreKind};
+
+/// Errors of the control plane and the solver.
+#[derive(Debug, thiserror::Error)]
+pub enum PlacementError {
+    /// The configuration is inconsistent.
+    #[error("invalid control-plane configuration: {0}")]
+    Config(String),
+}

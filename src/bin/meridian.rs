@@ -1,0 +1,302 @@
+//! `meridian`: every long-running role of Meridian, plus the model tools.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use meridian::{assets, config, grpc, telemetry};
+use meridian_placement::ControlConfig;
+use meridian_proto::control::v1::control_plane_server::ControlPlaneServer;
+use meridian_router::RouterConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "meridian",
+    version,
+    about = "Meridian: a global edge inference platform"
+)]
+struct Cli {
+    /// Write logs as JSON lines (filter with RUST_LOG).
+    #[arg(long, global = true, env = "MERIDIAN_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything on this machine: control plane, PoPs with CPU workers, a router.
+    Up(UpArgs),
+    /// Run a control-plane replica (the ControlPlane gRPC service).
+    Control(RoleArgs),
+    /// Run a PoP agent with its engine workers.
+    Pop(RoleArgs),
+    /// Run a router: the OpenAI-compatible HTTP front door.
+    Router(RoleArgs),
+    /// Simulate a fleet in virtual time for capacity planning.
+    Sim(SimArgs),
+    /// Generate a completion locally with the engine.
+    Generate(GenerateArgs),
+    /// Fetch and list the model and data assets.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Solve and check placement instances offline.
+    #[command(subcommand)]
+    Placement(PlacementCommand),
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// Role configuration file (see deploy/up.toml).
+    #[arg(long, env = "MERIDIAN_UP_CONFIG")]
+    config: Option<PathBuf>,
+    /// Catalog sites that get a PoP, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pops: Option<Vec<String>>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+#[derive(Args)]
+struct RoleArgs {
+    /// Role configuration file (see deploy/<role>.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// gRPC or HTTP listen address, overriding the file.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+#[derive(Args)]
+struct SimArgs {
+    /// Scenario file (see deploy/scenarios/).
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// GGUF model file; default: the cached SmolLM2-135M-Instruct.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Prompt text.
+    #[arg(long)]
+    prompt: String,
+    /// Apply the model's chat template to the prompt as one user message.
+    #[arg(long)]
+    chat: bool,
+    /// Tokens to generate at most.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: u32,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Fetch the model and benchmark data into the cache (does nothing when present).
+    Pull,
+    /// List the assets and whether they are cached.
+    List,
+}
+
+#[derive(Subcommand)]
+enum PlacementCommand {
+    /// Solve an instance file into a plan.
+    Solve {
+        #[arg(long)]
+        instance: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Use the exact MILP solver (small instances).
+        #[arg(long)]
+        exact: bool,
+    },
+    /// Check a plan against its instance and print its objective.
+    Check {
+        #[arg(long)]
+        instance: PathBuf,
+        #[arg(long)]
+        plan: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_tracing(cli.log_json);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Exit status of a command whose role is not built yet: distinct from failures.
+fn not_implemented(what: &str, issue: u32) -> anyhow::Result<ExitCode> {
+    eprintln!("meridian: {what} is not implemented yet (tracked in issue {issue})");
+    Ok(ExitCode::from(2))
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Up(args) => up(args).await,
+        Command::Control(args) => control(args).await,
+        Command::Pop(args) => {
+            let cfg: config::PopConfig = config::load("pop", args.config.as_deref())?;
+            if args.print_config {
+                print!("{}", config::to_toml(&cfg)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            cfg.validate()?;
+            not_implemented("the PoP agent", 4)
+        }
+        Command::Router(args) => {
+            let mut cfg: RouterConfig = config::load("router", args.config.as_deref())?;
+            if let Some(listen) = args.listen {
+                cfg.listen = listen;
+            }
+            if args.print_config {
+                print!("{}", config::to_toml(&cfg)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            cfg.validate()?;
+            not_implemented("the router", 10)
+        }
+        Command::Sim(_) => not_implemented("the simulator", 7),
+        Command::Generate(args) => {
+            let model = match args.model {
+                Some(m) => m,
+                None => assets::pull(&assets::SMOLLM2, &assets::cache_dir(), &assets::python())?
+                    .path()
+                    .to_path_buf(),
+            };
+            anyhow::ensure!(
+                model.exists(),
+                "model file {} does not exist",
+                model.display()
+            );
+            let _ = (args.prompt, args.chat, args.max_tokens, args.temperature);
+            not_implemented("the engine", 3)
+        }
+        Command::Models(ModelsCommand::Pull) => {
+            let cache = assets::cache_dir();
+            let python = assets::python();
+            for asset in assets::ALL {
+                let pulled = assets::pull(asset, &cache, &python)?;
+                let state = match &pulled {
+                    assets::Pulled::Cached(_) => "already cached",
+                    assets::Pulled::Fetched {
+                        replaced_corrupt: true,
+                        ..
+                    } => "fetched (the cached copy was corrupt)",
+                    assets::Pulled::Fetched { .. } => "fetched",
+                };
+                println!("{:<28} {state:<40} {}", asset.name, pulled.path().display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Models(ModelsCommand::List) => {
+            for asset in assets::ALL {
+                let path = assets::cached_path(asset);
+                let state = if path.exists() {
+                    "cached"
+                } else {
+                    "missing (meridian models pull)"
+                };
+                println!(
+                    "{:<28} {:<24} {state:<32} {}",
+                    asset.name,
+                    asset.requirement,
+                    path.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Placement(_) => not_implemented("the placement solver", 11),
+    }
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg: config::UpConfig = config::load("up", args.config.as_deref())?;
+    if let Some(pops) = args.pops {
+        cfg.pops = pops;
+    }
+    if args.print_config {
+        print!("{}", config::to_toml(&cfg)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    cfg.validate()?;
+    let model = match &cfg.engine.model {
+        Some(path) => path.clone(),
+        None => assets::pull(&assets::SMOLLM2, &assets::cache_dir(), &assets::python())?
+            .path()
+            .to_path_buf(),
+    };
+    anyhow::ensure!(
+        model.exists(),
+        "model file {} does not exist",
+        model.display()
+    );
+    println!("model ready: {}", model.display());
+    not_implemented("`meridian up` (the engine, PoP agents and router)", 10)
+}
+
+async fn control(args: RoleArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg: ControlConfig = config::load("control", args.config.as_deref())?;
+    if let Some(listen) = args.listen {
+        cfg.listen = listen;
+    }
+    if args.print_config {
+        print!("{}", config::to_toml(&cfg)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    cfg.validate()?;
+    telemetry::install_metrics(cfg.metrics_listen)?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot bind {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let (reporter, health) = grpc::health();
+    let (reflection_v1, reflection_v1alpha) = grpc::reflection()?;
+    let service = ControlPlaneServer::new(meridian_placement::service::ControlPlaneService::new(
+        cfg.clone(),
+    ))
+    .max_decoding_message_size(meridian_proto::MAX_MESSAGE_BYTES);
+    reporter
+        .set_serving::<ControlPlaneServer<meridian_placement::service::ControlPlaneService>>()
+        .await;
+    println!("control plane listening on http://{addr}");
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+                tracing::info!("shutting down");
+            },
+        )
+        .await
+        .context("control-plane server failed")?;
+    Ok(ExitCode::SUCCESS)
+}

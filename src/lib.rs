@@ -1,0 +1,8 @@
+//! The `meridian` and `meridianctl` binaries' shared wiring: configuration loading,
+//! telemetry, gRPC server plumbing and asset fetching. The decision logic lives in the
+//! library crates; this crate only wires them together.
+
+pub mod assets;
+pub mod config;
+pub mod grpc;
+pub mod telemetry;

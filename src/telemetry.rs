@@ -1,0 +1,52 @@
+//! Logs (`tracing`, filtered by `RUST_LOG`, text or JSON) and the Prometheus exporter.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber. `RUST_LOG` filters (default `info`); `json` writes one
+/// JSON object per line for log shippers.
+pub fn init_tracing(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests that call into the binary's code) keeps the first subscriber.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Installs the global metrics recorder. With `listen`, the exporter also serves the
+/// exposition over HTTP there (`/metrics`), for roles without an HTTP server of their
+/// own; the handle renders the same registry for roles that have one (the router).
+/// Must be called inside a tokio runtime.
+pub fn install_metrics(listen: Option<SocketAddr>) -> anyhow::Result<PrometheusHandle> {
+    let builder = PrometheusBuilder::new();
+    let handle = match listen {
+        Some(addr) => {
+            let (recorder, exporter) = builder
+                .with_http_listener(addr)
+                .build()
+                .with_context(|| format!("cannot start the metrics exporter on {addr}"))?;
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder)
+                .context("a metrics recorder is already installed")?;
+            tokio::spawn(exporter);
+            tracing::info!(%addr, "serving /metrics");
+            handle
+        }
+        None => {
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder)
+                .context("a metrics recorder is already installed")?;
+            handle
+        }
+    };
+    Ok(handle)
+}
