@@ -8,6 +8,7 @@
 //! This crate depends on no other Meridian crate; every other crate depends on it.
 
 pub mod catalog;
+pub mod prefix;
 
 /// `meridian.worker.v1`: the engine worker's service, called by routers.
 pub mod worker {

@@ -97,6 +97,12 @@ struct GenerateArgs {
     /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
+    /// Seed for sampling (same seed, same text).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Compute threads; 0: every core.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 #[derive(Subcommand)]
@@ -181,21 +187,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             not_implemented("the router", 10)
         }
         Command::Sim(_) => not_implemented("the simulator", 7),
-        Command::Generate(args) => {
-            let model = match args.model {
-                Some(m) => m,
-                None => assets::pull(&assets::SMOLLM2, &assets::cache_dir(), &assets::python())?
-                    .path()
-                    .to_path_buf(),
-            };
-            anyhow::ensure!(
-                model.exists(),
-                "model file {} does not exist",
-                model.display()
-            );
-            let _ = (args.prompt, args.chat, args.max_tokens, args.temperature);
-            not_implemented("the engine", 3)
-        }
+        Command::Generate(args) => generate(args).await,
         Command::Models(ModelsCommand::Pull) => {
             let cache = assets::cache_dir();
             let python = assets::python();
@@ -298,5 +290,94 @@ async fn control(args: RoleArgs) -> anyhow::Result<ExitCode> {
         )
         .await
         .context("control-plane server failed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let model = match args.model {
+        Some(m) => m,
+        None => assets::pull(&assets::SMOLLM2, &assets::cache_dir(), &assets::python())?
+            .path()
+            .to_path_buf(),
+    };
+    anyhow::ensure!(
+        model.exists(),
+        "model file {} does not exist",
+        model.display()
+    );
+    let engine_config = meridian_engine::EngineConfig {
+        threads: args.threads,
+        ..Default::default()
+    };
+    let bar = indicatif::ProgressBar::new(100).with_style(
+        indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {percent}%")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(
+        model
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    );
+    let engine = tokio::task::block_in_place(|| {
+        meridian_engine::Engine::load_with_progress(&model, &engine_config, &mut |f| {
+            bar.set_position((f * 100.0) as u64)
+        })
+    })
+    .with_context(|| format!("cannot load {}", model.display()))?;
+    bar.finish_and_clear();
+    let input = if args.chat {
+        meridian_engine::Input::Chat {
+            messages: vec![meridian_engine::ChatMessage {
+                role: "user".into(),
+                content: args.prompt,
+            }],
+            add_generation_prompt: true,
+        }
+    } else {
+        meridian_engine::Input::Text(args.prompt)
+    };
+    let request = meridian_engine::Request {
+        input,
+        sampling: meridian_engine::SamplingParams {
+            temperature: args.temperature,
+            seed: args.seed,
+            ..Default::default()
+        },
+        max_tokens: args.max_tokens,
+        stop: Vec::new(),
+        logprobs: false,
+        ignore_eos: false,
+    };
+    let started = std::time::Instant::now();
+    let mut events = engine.submit(request)?;
+    let mut out = std::io::stdout();
+    let mut first_token = None;
+    while let Some(event) = events.recv().await {
+        use std::io::Write;
+        match event {
+            meridian_engine::Event::Token { text, .. } => {
+                first_token.get_or_insert_with(|| started.elapsed());
+                write!(out, "{text}")?;
+                out.flush()?;
+            }
+            meridian_engine::Event::Finished {
+                reason,
+                usage,
+                text,
+            } => {
+                writeln!(out, "{text}")?;
+                let secs = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "[{reason:?}: {} prompt + {} generated tokens in {secs:.2} s, first token after {:.0} ms, {:.1} tok/s]",
+                    usage.prompt_tokens,
+                    usage.completion_tokens,
+                    first_token.unwrap_or_default().as_secs_f64() * 1000.0,
+                    f64::from(usage.completion_tokens) / secs
+                );
+                break;
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

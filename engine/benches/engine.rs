@@ -1,0 +1,211 @@
+//! The engine's speed on the real model, in the shape of llama.cpp's own benchmarks so
+//! the two can be compared row by row (`scripts/bench-engine` runs both):
+//! - prefill: one 512-token prompt in one step (llama-bench `-p 512`);
+//! - decode: 128 tokens for one sequence (llama-bench `-n 128`);
+//! - batched decode: N sequences with 128-token prompts each generate 128 tokens
+//!   together, one token per sequence per step (llama-batched-bench `-npp 128 -ntg 128
+//!   -npl N`, its S_TG column).
+//!
+//! It drives the scheduler's data structures and the CPU backend directly, as the
+//! engine's step loop does, with greedy sampling. Run with
+//! `cargo bench -p meridian-engine --bench engine [-- --threads N]`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use meridian_engine::backend::cpu::CpuBackend;
+use meridian_engine::backend::{Backend, Batch, BatchSeq};
+use meridian_engine::gguf::GgufFile;
+use meridian_engine::kv::{BlockId, BlockManager};
+use meridian_engine::model::ModelConfig;
+
+fn model_path() -> PathBuf {
+    let cache = std::env::var_os("MERIDIAN_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/meridian")
+        });
+    cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+struct Bench {
+    backend: CpuBackend,
+    blocks: BlockManager,
+    logits: Vec<f32>,
+    vocab: usize,
+}
+
+impl Bench {
+    /// Prefills `n_seqs` prompts of `n_prompt` tokens (in steps of at most `chunk`
+    /// tokens), then decodes `n_gen` tokens each. Returns (prefill s, decode s).
+    fn run(&mut self, n_seqs: usize, n_prompt: usize, n_gen: usize, chunk: usize) -> (f64, f64) {
+        let bs = self.blocks.block_size();
+        let tables: Vec<Vec<BlockId>> = (0..n_seqs)
+            .map(|_| {
+                (0..(n_prompt + n_gen).div_ceil(bs))
+                    .map(|_| self.blocks.allocate().expect("enough KV blocks"))
+                    .collect()
+            })
+            .collect();
+        // Distinct prompts so nothing is shared between sequences.
+        let prompts: Vec<Vec<u32>> = (0..n_seqs)
+            .map(|s| {
+                (0..n_prompt)
+                    .map(|i| ((i * 31 + s * 97) % 40_000 + 100) as u32)
+                    .collect()
+            })
+            .collect();
+        let mut last = vec![0u32; n_seqs];
+        let started = Instant::now();
+        let mut tokens = Vec::new();
+        let mut seqs = Vec::new();
+        let mut done = vec![0usize; n_seqs];
+        // Prefill: pack chunks of several sequences per step, like the scheduler does.
+        while done.iter().any(|&d| d < n_prompt) {
+            tokens.clear();
+            seqs.clear();
+            let mut budget = chunk;
+            for s in 0..n_seqs {
+                if done[s] == n_prompt || budget == 0 {
+                    continue;
+                }
+                let len = (n_prompt - done[s]).min(budget);
+                tokens.extend_from_slice(&prompts[s][done[s]..done[s] + len]);
+                seqs.push((
+                    s,
+                    BatchSeq {
+                        start: done[s],
+                        len,
+                        block_table: &tables[s],
+                        logits: done[s] + len == n_prompt,
+                    },
+                ));
+                done[s] += len;
+                budget -= len;
+            }
+            let batch_seqs: Vec<BatchSeq<'_>> = seqs.iter().map(|(_, b)| *b).collect();
+            let n_logits = batch_seqs.iter().filter(|b| b.logits).count();
+            self.logits.resize(n_logits.max(1) * self.vocab, 0.0);
+            self.backend
+                .step(
+                    &Batch {
+                        tokens: &tokens,
+                        seqs: &batch_seqs,
+                    },
+                    &mut self.logits,
+                )
+                .unwrap();
+            let mut row = 0;
+            for (s, b) in &seqs {
+                if b.logits {
+                    last[*s] = argmax(&self.logits[row * self.vocab..(row + 1) * self.vocab]);
+                    row += 1;
+                }
+            }
+        }
+        let prefill = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        self.logits.resize(n_seqs * self.vocab, 0.0);
+        for g in 0..n_gen {
+            let batch_seqs: Vec<BatchSeq<'_>> = (0..n_seqs)
+                .map(|s| BatchSeq {
+                    start: n_prompt + g,
+                    len: 1,
+                    block_table: &tables[s],
+                    logits: true,
+                })
+                .collect();
+            self.backend
+                .step(
+                    &Batch {
+                        tokens: &last,
+                        seqs: &batch_seqs,
+                    },
+                    &mut self.logits,
+                )
+                .unwrap();
+            for (s, t) in last.iter_mut().enumerate() {
+                *t = argmax(&self.logits[s * self.vocab..(s + 1) * self.vocab]);
+            }
+        }
+        let decode = started.elapsed().as_secs_f64();
+        for t in &tables {
+            self.blocks.release(t);
+        }
+        (prefill, decode)
+    }
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let threads: usize = flag("--threads").and_then(|t| t.parse().ok()).unwrap_or(0);
+    let npl: Vec<usize> = flag("--npl")
+        .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 4, 16, 32, 64]);
+    let path = model_path();
+    let file = GgufFile::open(&path).expect("run `meridian models pull` first");
+    let config = ModelConfig::from_gguf(&file).unwrap();
+    let vocab = config.vocab_size;
+    let block_size = 16;
+    let max_seqs = npl.iter().copied().max().unwrap_or(1);
+    let num_blocks = max_seqs * (256usize).div_ceil(block_size) + 64;
+    let load = Instant::now();
+    let backend =
+        CpuBackend::load(&file, config, block_size, num_blocks, threads, &mut |_| {}).unwrap();
+    let load_s = load.elapsed().as_secs_f64();
+    let mut bench = Bench {
+        backend,
+        blocks: BlockManager::new(num_blocks, block_size),
+        logits: Vec::new(),
+        vocab,
+    };
+    println!(
+        "meridian engine: {} ({}), load {:.2} s",
+        path.display(),
+        bench.backend.describe(),
+        load_s
+    );
+
+    bench.run(1, 32, 8, 512); // warm-up
+    let (pp, _) = bench.run(1, 512, 1, 512);
+    println!("prefill 512 tokens:        {:8.1} tok/s", 512.0 / pp);
+    let (_, tg) = bench.run(1, 1, 128, 512);
+    println!("decode 128 tokens, batch 1: {:8.1} tok/s", 128.0 / tg);
+    for &n in &npl {
+        let (pp, tg) = bench.run(n, 128, 128, 512);
+        println!(
+            "npl {n:3}: prefill {:8.1} tok/s, decode total {:8.1} tok/s",
+            (n * 128) as f64 / pp,
+            (n * 128) as f64 / tg
+        );
+    }
+    println!("peak RSS: {:.0} MiB", peak_rss_mib());
+}

@@ -1,0 +1,251 @@
+//! The CPU backend's element-wise operators and attention. Plain loops the compiler
+//! vectorizes; the matrix products, where the time goes, are in `matmul`.
+//!
+//! Batch invariance: every function here computes a token's result from that token's
+//! inputs alone, in a fixed order, so a token's output does not depend on which other
+//! tokens share its step or on how its prompt was chunked.
+
+use crate::model::RopeStyle;
+
+/// `out = x / rms(x) * w`, one row.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let sum_sq: f32 = x.iter().map(|v| v * v).sum();
+    let scale = 1.0 / (sum_sq / x.len() as f32 + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * scale * g;
+    }
+}
+
+/// `out = silu(gate) * up`.
+pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + (-g).exp()) * u;
+    }
+}
+
+/// Rotary position embedding tables: `inv_freq[i] = theta^(-2i/d)`.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    inv_freq: Vec<f64>,
+    style: RopeStyle,
+    head_dim: usize,
+}
+
+impl Rope {
+    pub fn new(head_dim: usize, theta: f32, style: RopeStyle) -> Self {
+        let half = head_dim / 2;
+        let inv_freq = (0..half)
+            .map(|i| f64::from(theta).powf(-2.0 * i as f64 / head_dim as f64))
+            .collect();
+        Self {
+            inv_freq,
+            style,
+            head_dim,
+        }
+    }
+
+    /// Rotates every head of one token's Q or K row in place.
+    pub fn apply(&self, row: &mut [f32], pos: usize) {
+        let half = self.head_dim / 2;
+        for head in row.chunks_exact_mut(self.head_dim) {
+            for (i, &f) in self.inv_freq.iter().enumerate() {
+                let (sin, cos) = (pos as f64 * f).sin_cos();
+                let (sin, cos) = (sin as f32, cos as f32);
+                let (a, b) = match self.style {
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                    RopeStyle::Halves => (i, i + half),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * cos - x1 * sin;
+                head[b] = x0 * sin + x1 * cos;
+            }
+        }
+    }
+}
+
+/// Where one layer's K and V live: `[block][kv_head][slot][head_dim]` each.
+pub struct KvLayer<'a> {
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub block_size: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl KvLayer<'_> {
+    #[inline]
+    fn offset(&self, block: usize, kv_head: usize) -> usize {
+        (block * self.n_kv_heads + kv_head) * self.block_size * self.head_dim
+    }
+}
+
+/// Largest head size the attention kernel's stack buffers take.
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// Causal attention of the query heads sharing one KV head, for one token at `pos`:
+/// softmax(q·k / sqrt(d)) · v over positions `0..=pos`, read through the block table.
+/// Keys are visited in order, a block at a time, with a running max (the streaming
+/// softmax), so the result depends only on `q` and the cache contents.
+pub fn attend(
+    kv: &KvLayer<'_>,
+    block_table: &[crate::kv::BlockId],
+    kv_head: usize,
+    pos: usize,
+    q: &[f32],
+    out: &mut [f32],
+) {
+    let hd = kv.head_dim;
+    let bs = kv.block_size;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let n_q = q.len() / hd;
+    debug_assert!(hd <= MAX_HEAD_DIM && n_q <= 16);
+    let mut acc = [[0f32; MAX_HEAD_DIM]; 16];
+    let mut max = [f32::NEG_INFINITY; 16];
+    let mut denom = [0f32; 16];
+    let mut scores = [0f32; 64];
+    let n_ctx = pos + 1;
+    for (b, &block) in block_table.iter().enumerate() {
+        let first = b * bs;
+        if first >= n_ctx {
+            break;
+        }
+        let n = (n_ctx - first).min(bs);
+        let base = kv.offset(block as usize, kv_head);
+        let keys = &kv.k[base..base + n * hd];
+        let values = &kv.v[base..base + n * hd];
+        for h in 0..n_q {
+            let qh = &q[h * hd..(h + 1) * hd];
+            let mut block_max = f32::NEG_INFINITY;
+            for (s, key) in scores[..n].iter_mut().zip(keys.chunks_exact(hd)) {
+                *s = dot(qh, key) * scale;
+                block_max = block_max.max(*s);
+            }
+            let new_max = max[h].max(block_max);
+            let correction = (max[h] - new_max).exp();
+            max[h] = new_max;
+            denom[h] *= correction;
+            let acc_h = &mut acc[h][..hd];
+            for a in acc_h.iter_mut() {
+                *a *= correction;
+            }
+            for (s, value) in scores[..n].iter().zip(values.chunks_exact(hd)) {
+                let p = (s - new_max).exp();
+                denom[h] += p;
+                for (a, &v) in acc_h.iter_mut().zip(value) {
+                    *a += p * v;
+                }
+            }
+        }
+    }
+    for h in 0..n_q {
+        let inv = 1.0 / denom[h];
+        for (o, &a) in out[h * hd..(h + 1) * hd].iter_mut().zip(&acc[h][..hd]) {
+            *o = a * inv;
+        }
+    }
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent lanes let the compiler vectorize without reassociating.
+    let mut lanes = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    let mut sum = lanes.iter().sum::<f32>();
+    for (x, y) in ar.iter().zip(br) {
+        sum += x * y;
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_matches_its_definition() {
+        let x = [1.0f32, -2.0, 3.0, -4.0];
+        let w = [1.0f32, 0.5, 2.0, 1.0];
+        let mut out = [0f32; 4];
+        rms_norm(&x, &w, 0.0, &mut out);
+        let rms = (30.0f32 / 4.0).sqrt();
+        for i in 0..4 {
+            assert!((out[i] - x[i] / rms * w[i]).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn rope_rotates_pairs_and_keeps_norms() {
+        let mut a = [1.0f32, 0.0, 1.0, 0.0];
+        Rope::new(4, 10_000.0, RopeStyle::Interleaved).apply(&mut a, 1);
+        // Pair 0 turns by 1 radian, pair 1 by 1/100 radian.
+        assert!((a[0] - 1f32.cos()).abs() < 1e-6 && (a[1] - 1f32.sin()).abs() < 1e-6);
+        assert!((a[2] - 0.01f32.cos()).abs() < 1e-6 && (a[3] - 0.01f32.sin()).abs() < 1e-6);
+        let mut b = [1.0f32, 1.0, 0.0, 0.0];
+        Rope::new(4, 10_000.0, RopeStyle::Halves).apply(&mut b, 1);
+        assert!((b[0] - 1f32.cos()).abs() < 1e-6 && (b[2] - 1f32.sin()).abs() < 1e-6);
+        let mut c = [0.3f32, -1.2, 2.0, 0.7];
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>();
+        let before = norm(&c);
+        Rope::new(4, 10_000.0, RopeStyle::Interleaved).apply(&mut c, 1234);
+        assert!((norm(&c) - before).abs() < 1e-4);
+    }
+
+    #[test]
+    fn paged_attention_matches_a_dense_softmax() {
+        let (hd, bs, n_kv) = (8usize, 4usize, 2usize);
+        let n_ctx = 11;
+        let table = [3u32, 0, 2]; // scattered blocks
+        let mut k = vec![0f32; 4 * n_kv * bs * hd];
+        let mut v = vec![0f32; 4 * n_kv * bs * hd];
+        let val = |p: usize, i: usize, s: f32| ((p * 7 + i * 3) as f32 * s).sin();
+        for p in 0..n_ctx {
+            let block = table[p / bs] as usize;
+            for kvh in 0..n_kv {
+                let base = ((block * n_kv + kvh) * bs + p % bs) * hd;
+                for i in 0..hd {
+                    k[base + i] = val(p, i + kvh, 0.37);
+                    v[base + i] = val(p, i + kvh, 0.91);
+                }
+            }
+        }
+        let kv = KvLayer {
+            k: &k,
+            v: &v,
+            block_size: bs,
+            n_kv_heads: n_kv,
+            head_dim: hd,
+        };
+        let q: Vec<f32> = (0..2 * hd).map(|i| (i as f32 * 0.3).cos()).collect();
+        let pos = n_ctx - 1;
+        let mut out = vec![0f32; 2 * hd];
+        attend(&kv, &table, 1, pos, &q, &mut out);
+        for h in 0..2 {
+            let qh = &q[h * hd..(h + 1) * hd];
+            let scores: Vec<f64> = (0..=pos)
+                .map(|p| {
+                    (0..hd)
+                        .map(|i| f64::from(qh[i] * val(p, i + 1, 0.37)))
+                        .sum::<f64>()
+                        / (hd as f64).sqrt()
+                })
+                .collect();
+            let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = scores.iter().map(|s| (s - m).exp()).sum();
+            for i in 0..hd {
+                let want: f64 = (0..=pos)
+                    .map(|p| (scores[p] - m).exp() / z * f64::from(val(p, i + 1, 0.91)))
+                    .sum();
+                assert!(
+                    (f64::from(out[h * hd + i]) - want).abs() < 1e-5,
+                    "head {h} dim {i}"
+                );
+            }
+        }
+    }
+}

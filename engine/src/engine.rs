@@ -1,0 +1,648 @@
+//! The engine: a model, its tokenizer, the scheduler and a backend, driven by one
+//! dedicated thread that runs steps back to back while there is work.
+//!
+//! Callers submit requests from any thread (the gRPC service, `meridian generate`) and
+//! read events from a channel. Tokenizing and validating happen in the caller; the step
+//! thread only schedules, computes, samples and detokenizes. Dropping the event
+//! receiver cancels the sequence: its KV blocks are freed before the next step.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{Backend, Batch, BatchSeq};
+use crate::gguf::GgufFile;
+use crate::kv::BlockManager;
+use crate::model::ModelConfig;
+use crate::sampling::{Sampler, SamplingParams, StopMatcher};
+use crate::scheduler::{Scheduler, SchedulerConfig, SeqId};
+use crate::tokenizer::{ChatMessage, IncrementalDecoder, Tokenizer};
+use crate::{EngineConfig, EngineError};
+
+/// What to generate from.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// Raw text (completions API); special tokens written in it are parsed.
+    Text(String),
+    /// Chat messages, rendered with the model's chat template.
+    Chat {
+        messages: Vec<ChatMessage>,
+        add_generation_prompt: bool,
+    },
+    /// Token ids as they are.
+    Tokens(Vec<u32>),
+}
+
+/// One generation request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub input: Input,
+    pub sampling: SamplingParams,
+    /// Tokens to generate at most (at least 1).
+    pub max_tokens: u32,
+    /// Generation stops before any of these strings; they are not returned.
+    pub stop: Vec<String>,
+    /// Return the log-probability of each generated token.
+    pub logprobs: bool,
+    /// Keep generating past end-of-generation tokens.
+    pub ignore_eos: bool,
+}
+
+/// Why a sequence ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End-of-generation token or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+    /// The caller went away.
+    Cancelled,
+}
+
+/// Token counts of a finished request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    /// Prompt tokens served from the prefix cache.
+    pub cached_prompt_tokens: u32,
+}
+
+/// What a request's channel carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// One generated token. `text` is the new text it completes (may be empty while a
+    /// multi-byte character or a possible stop string is held back).
+    Token {
+        id: u32,
+        text: String,
+        logprob: Option<f32>,
+    },
+    /// The last event of a request.
+    Finished {
+        reason: FinishReason,
+        usage: Usage,
+        text: String,
+    },
+}
+
+/// Load and throughput figures, refreshed every step.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineStats {
+    pub waiting: usize,
+    pub running: usize,
+    pub kv_blocks_free: usize,
+    pub kv_blocks_total: usize,
+    pub kv_block_size: usize,
+    /// Prompt tokens found in the prefix cache over prompt tokens looked up, since start.
+    pub prefix_hit_rate: f32,
+    /// Over the last few seconds.
+    pub prompt_tokens_per_second: f32,
+    pub generation_tokens_per_second: f32,
+    /// Mean step time over recent steps, milliseconds.
+    pub mean_step_ms: f32,
+    pub steps: u64,
+    pub preemptions: u64,
+    /// Most recently used cached block hashes (the prefix summary for routers).
+    pub cached_block_hashes: Vec<u64>,
+}
+
+enum Command {
+    Add(Box<NewSeq>),
+}
+
+struct NewSeq {
+    id: SeqId,
+    prompt: Vec<u32>,
+    request: Request,
+    events: UnboundedSender<Event>,
+}
+
+/// A running engine. Cheap to share behind an `Arc`.
+pub struct Engine {
+    commands: mpsc::Sender<Command>,
+    next_id: AtomicU64,
+    tokenizer: Arc<Tokenizer>,
+    config: ModelConfig,
+    model_path: PathBuf,
+    total_blocks: usize,
+    block_size: usize,
+    max_running: usize,
+    stats: Arc<Mutex<EngineStats>>,
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    describe: String,
+    weight_bytes: usize,
+}
+
+impl Engine {
+    /// Loads a GGUF model onto the CPU backend and starts the step thread.
+    pub fn load(path: &Path, config: &EngineConfig) -> Result<Self, EngineError> {
+        Self::load_with_progress(path, config, &mut |_| {})
+    }
+
+    /// As [`Engine::load`], reporting the fraction of layers loaded (0..=1).
+    pub fn load_with_progress(
+        path: &Path,
+        config: &EngineConfig,
+        progress: &mut dyn FnMut(f32),
+    ) -> Result<Self, EngineError> {
+        config.validate()?;
+        let file = GgufFile::open(path)?;
+        let model = ModelConfig::from_gguf(&file)?;
+        let tokenizer = Arc::new(Tokenizer::from_gguf(&file)?);
+        let num_blocks = if config.kv_blocks > 0 {
+            config.kv_blocks
+        } else {
+            let per_block = model.kv_bytes_per_token() * config.kv_block_size;
+            (config.kv_memory_bytes as usize / per_block.max(1)).max(1)
+        };
+        let backend = CpuBackend::load(
+            &file,
+            model.clone(),
+            config.kv_block_size,
+            num_blocks,
+            config.threads,
+            progress,
+        )?;
+        let weight_bytes = backend.weight_bytes();
+        Ok(Self::start(
+            Box::new(backend),
+            tokenizer,
+            config,
+            path.to_path_buf(),
+            weight_bytes,
+        ))
+    }
+
+    /// Starts the step thread over a loaded backend.
+    pub fn start(
+        backend: Box<dyn Backend>,
+        tokenizer: Arc<Tokenizer>,
+        config: &EngineConfig,
+        model_path: PathBuf,
+        weight_bytes: usize,
+    ) -> Self {
+        let model = backend.config().clone();
+        let total_blocks = backend.num_kv_blocks();
+        let block_size = backend.block_size();
+        let describe = backend.describe();
+        let scheduler = Scheduler::new(
+            SchedulerConfig {
+                max_batch_tokens: config.max_batch_tokens,
+                max_running: config.max_running,
+            },
+            BlockManager::new(total_blocks, block_size),
+        );
+        let stats = Arc::new(Mutex::new(EngineStats {
+            kv_blocks_free: total_blocks,
+            kv_blocks_total: total_blocks,
+            kv_block_size: block_size,
+            ..Default::default()
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let mut worker = StepLoop {
+            backend,
+            scheduler,
+            tokenizer: tokenizer.clone(),
+            seqs: HashMap::new(),
+            commands: rx,
+            stats: stats.clone(),
+            stop: stop.clone(),
+            logits: Vec::new(),
+            tokens: Vec::new(),
+            rates: Rates::default(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("meridian-engine".into())
+            .spawn(move || worker.run())
+            .ok();
+        Self {
+            commands: tx,
+            next_id: AtomicU64::new(1),
+            tokenizer,
+            config: model,
+            model_path,
+            total_blocks,
+            block_size,
+            max_running: config.max_running,
+            stats,
+            stop,
+            thread: Mutex::new(thread),
+            describe,
+            weight_bytes,
+        }
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    pub fn model_config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn model_path(&self) -> &Path {
+        &self.model_path
+    }
+
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
+    }
+
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    pub fn max_running(&self) -> usize {
+        self.max_running
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Turns a request's input into prompt tokens.
+    pub fn prompt_tokens(&self, input: &Input) -> Result<Vec<u32>, EngineError> {
+        let tokens = match input {
+            Input::Text(text) => self.tokenizer.encode(text, true)?,
+            Input::Chat {
+                messages,
+                add_generation_prompt,
+            } => {
+                let text = self
+                    .tokenizer
+                    .apply_chat_template(messages, *add_generation_prompt)?;
+                self.tokenizer.encode(&text, true)?
+            }
+            Input::Tokens(ids) => ids.clone(),
+        };
+        Ok(tokens)
+    }
+
+    /// Validates and queues a request. Errors are the caller's fault (bad input) and say
+    /// which value is wrong.
+    pub fn submit(&self, request: Request) -> Result<UnboundedReceiver<Event>, EngineError> {
+        let prompt = self.prompt_tokens(&request.input)?;
+        let invalid = |m: String| Err(EngineError::InvalidRequest(m));
+        if prompt.is_empty() {
+            return invalid("the prompt is empty".into());
+        }
+        let vocab = self.config.vocab_size;
+        if let Some(t) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return invalid(format!(
+                "token id {t} is outside the vocabulary (size {vocab})"
+            ));
+        }
+        if request.max_tokens == 0 {
+            return invalid("max_tokens must be at least 1".into());
+        }
+        let ctx = self.config.context_length;
+        let total = prompt.len() + request.max_tokens as usize;
+        if total > ctx {
+            return invalid(format!(
+                "this model's maximum context length is {ctx} tokens, but the request needs {total} \
+                 ({} in the prompt, {} max_tokens)",
+                prompt.len(),
+                request.max_tokens
+            ));
+        }
+        let blocks_needed = total.div_ceil(self.block_size);
+        if blocks_needed > self.total_blocks {
+            return invalid(format!(
+                "the request needs {blocks_needed} KV blocks ({total} tokens) but this worker has {}",
+                self.total_blocks
+            ));
+        }
+        request.sampling.validate()?;
+        StopMatcher::new(&request.stop)?;
+        let (tx, rx) = unbounded_channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.commands
+            .send(Command::Add(Box::new(NewSeq {
+                id,
+                prompt,
+                request,
+                events: tx,
+            })))
+            .map_err(|_| EngineError::Stopped)?;
+        Ok(rx)
+    }
+
+    /// Generates to the end and returns the text, its token ids and the usage: for
+    /// tests, tools and `meridian generate`.
+    pub fn generate_blocking(&self, request: Request) -> Result<Completion, EngineError> {
+        let mut rx = self.submit(request)?;
+        let mut out = Completion::default();
+        while let Some(event) = rx.blocking_recv() {
+            match event {
+                Event::Token { id, text, logprob } => {
+                    out.token_ids.push(id);
+                    out.text.push_str(&text);
+                    out.logprobs.extend(logprob);
+                }
+                Event::Finished {
+                    reason,
+                    usage,
+                    text,
+                } => {
+                    out.text.push_str(&text);
+                    out.finish = Some(reason);
+                    out.usage = usage;
+                    return Ok(out);
+                }
+            }
+        }
+        Err(EngineError::Stopped)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Ok(mut t) = self.thread.lock()
+            && let Some(handle) = t.take()
+        {
+            // Wake the loop if it is blocked waiting for work.
+            let (tx, _) = mpsc::channel::<Command>();
+            drop(std::mem::replace(&mut self.commands, tx));
+            let _ = handle.join();
+        }
+    }
+}
+
+/// A whole generation, for blocking callers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Completion {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    pub logprobs: Vec<f32>,
+    pub finish: Option<FinishReason>,
+    pub usage: Usage,
+}
+
+struct Active {
+    request: Request,
+    events: UnboundedSender<Event>,
+    sampler: Sampler,
+    decoder: IncrementalDecoder,
+    stop: StopMatcher,
+    n_prompt: usize,
+    generated: u32,
+}
+
+#[derive(Default)]
+struct Rates {
+    window_start: Option<Instant>,
+    prompt_tokens: u64,
+    generated_tokens: u64,
+    step_time: Duration,
+    steps: u64,
+    last: (f32, f32, f32),
+}
+
+impl Rates {
+    const WINDOW: Duration = Duration::from_secs(2);
+
+    fn record(&mut self, prompt: usize, generated: usize, took: Duration) -> (f32, f32, f32) {
+        let now = Instant::now();
+        let start = *self.window_start.get_or_insert(now);
+        self.prompt_tokens += prompt as u64;
+        self.generated_tokens += generated as u64;
+        self.step_time += took;
+        self.steps += 1;
+        let elapsed = now.duration_since(start);
+        if elapsed >= Self::WINDOW {
+            let secs = elapsed.as_secs_f32();
+            self.last = (
+                self.prompt_tokens as f32 / secs,
+                self.generated_tokens as f32 / secs,
+                self.step_time.as_secs_f32() * 1000.0 / self.steps as f32,
+            );
+            *self = Rates {
+                last: self.last,
+                window_start: Some(now),
+                ..Default::default()
+            };
+        }
+        self.last
+    }
+}
+
+struct StepLoop {
+    backend: Box<dyn Backend>,
+    scheduler: Scheduler,
+    tokenizer: Arc<Tokenizer>,
+    seqs: HashMap<SeqId, Active>,
+    commands: mpsc::Receiver<Command>,
+    stats: Arc<Mutex<EngineStats>>,
+    stop: Arc<AtomicBool>,
+    logits: Vec<f32>,
+    tokens: Vec<u32>,
+    rates: Rates,
+}
+
+impl StepLoop {
+    fn run(&mut self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            if !self.scheduler.has_work() {
+                match self.commands.recv_timeout(Duration::from_millis(200)) {
+                    Ok(cmd) => self.handle(cmd),
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            while let Ok(cmd) = self.commands.try_recv() {
+                self.handle(cmd);
+            }
+            self.drop_cancelled();
+            if let Err(e) = self.step() {
+                tracing::error!(error = %e, "engine step failed; failing its requests");
+                let ids: Vec<SeqId> = self.seqs.keys().copied().collect();
+                for id in ids {
+                    self.finish(id, FinishReason::Cancelled, String::new());
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Add(new) => {
+                let NewSeq {
+                    id,
+                    prompt,
+                    request,
+                    events,
+                } = *new;
+                let vocab = self.backend.config().vocab_size;
+                let fallback_seed = rand::random::<u64>();
+                let active = Active {
+                    sampler: Sampler::new(request.sampling.clone(), vocab, fallback_seed),
+                    decoder: IncrementalDecoder::new(
+                        self.tokenizer.clone(),
+                        &prompt[prompt.len().saturating_sub(5)..],
+                    ),
+                    // Validated in `submit`.
+                    stop: StopMatcher::new(&request.stop).unwrap_or_else(|_| StopMatcher::empty()),
+                    n_prompt: prompt.len(),
+                    generated: 0,
+                    request,
+                    events,
+                };
+                self.seqs.insert(id, active);
+                self.scheduler.add(id, prompt);
+            }
+        }
+    }
+
+    /// Frees the sequences whose callers stopped listening.
+    fn drop_cancelled(&mut self) {
+        let gone: Vec<SeqId> = self
+            .seqs
+            .iter()
+            .filter(|(_, a)| a.events.is_closed())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            self.seqs.remove(&id);
+            self.scheduler.remove(id);
+        }
+    }
+
+    fn step(&mut self) -> Result<(), EngineError> {
+        let plan = self.scheduler.schedule();
+        if plan.is_empty() {
+            self.publish(0, 0, Duration::ZERO);
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.tokens.clear();
+        for c in &plan.chunks {
+            let tokens = self.scheduler.tokens(c.seq).unwrap_or_default();
+            self.tokens
+                .extend_from_slice(&tokens[c.start..c.start + c.len]);
+        }
+        let seqs: Vec<BatchSeq<'_>> = plan
+            .chunks
+            .iter()
+            .map(|c| BatchSeq {
+                start: c.start,
+                len: c.len,
+                block_table: self.scheduler.block_table(c.seq),
+                logits: c.logits,
+            })
+            .collect();
+        let batch = Batch {
+            tokens: &self.tokens,
+            seqs: &seqs,
+        };
+        let vocab = self.backend.config().vocab_size;
+        let n_logits = batch.num_logits();
+        if self.logits.len() < n_logits * vocab {
+            self.logits.resize(n_logits * vocab, 0.0);
+        }
+        self.backend.step(&batch, &mut self.logits)?;
+        drop(seqs);
+        self.scheduler.complete(&plan);
+
+        let mut prompt_tokens = 0;
+        let mut generated = 0;
+        let logits = std::mem::take(&mut self.logits);
+        for (row, c) in plan.chunks.iter().filter(|c| c.logits).enumerate() {
+            generated += 1;
+            self.on_logits(c.seq, &logits[row * vocab..(row + 1) * vocab]);
+        }
+        self.logits = logits;
+        for c in &plan.chunks {
+            if c.len > 1 || !c.logits {
+                prompt_tokens += c.len;
+            }
+        }
+        self.publish(prompt_tokens, generated, started.elapsed());
+        Ok(())
+    }
+
+    fn on_logits(&mut self, id: SeqId, logits: &[f32]) {
+        let Some(active) = self.seqs.get_mut(&id) else {
+            return;
+        };
+        let (token, logprob) = active.sampler.sample(logits);
+        active.generated += 1;
+        let end_of_generation =
+            !active.request.ignore_eos && self.tokenizer.is_end_of_generation(token);
+        if end_of_generation {
+            let tail = active.stop.flush_after(active.decoder.flush());
+            self.finish(id, FinishReason::Stop, tail);
+            return;
+        }
+        let delta = active.decoder.push(token);
+        let (text, stopped) = active.stop.push(&delta);
+        let logprob = active.request.logprobs.then_some(logprob);
+        let _ = active.events.send(Event::Token {
+            id: token,
+            text,
+            logprob,
+        });
+        if stopped {
+            self.finish(id, FinishReason::Stop, String::new());
+        } else if active.generated >= active.request.max_tokens {
+            let tail = active.stop.flush_after(active.decoder.flush());
+            self.finish(id, FinishReason::Length, tail);
+        } else {
+            self.scheduler.append(id, token);
+        }
+    }
+
+    fn finish(&mut self, id: SeqId, reason: FinishReason, text: String) {
+        if let Some(active) = self.seqs.remove(&id) {
+            let usage = Usage {
+                prompt_tokens: active.n_prompt as u32,
+                completion_tokens: active.generated,
+                cached_prompt_tokens: self.scheduler.cached_prompt_tokens(id) as u32,
+            };
+            let _ = active.events.send(Event::Finished {
+                reason,
+                usage,
+                text,
+            });
+        }
+        self.scheduler.remove(id);
+    }
+
+    fn publish(&mut self, prompt_tokens: usize, generated: usize, took: Duration) {
+        let (p_rate, g_rate, step_ms) = if took.is_zero() {
+            self.rates.last
+        } else {
+            self.rates.record(prompt_tokens, generated, took)
+        };
+        let blocks = self.scheduler.blocks();
+        let prefix = blocks.stats();
+        if let Ok(mut s) = self.stats.lock() {
+            s.waiting = self.scheduler.num_waiting();
+            s.running = self.scheduler.num_running();
+            s.kv_blocks_free = blocks.available_blocks();
+            s.prefix_hit_rate = if prefix.queried_tokens == 0 {
+                0.0
+            } else {
+                prefix.hit_tokens as f32 / prefix.queried_tokens as f32
+            };
+            s.prompt_tokens_per_second = p_rate;
+            s.generation_tokens_per_second = g_rate;
+            s.mean_step_ms = step_ms;
+            if !took.is_zero() {
+                s.steps += 1;
+            }
+            s.preemptions = self.scheduler.preemptions();
+            if s.steps % 16 == 0 {
+                s.cached_block_hashes = blocks.cached_hashes(256);
+            }
+        }
+    }
+}

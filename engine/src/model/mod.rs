@@ -1,0 +1,150 @@
+//! The model's shape, read from GGUF metadata or a Hugging Face `config.json`.
+//!
+//! Llama-family decoders: Llama 2/3, SmolLM2, Mistral (all `llama` in GGUF) and Qwen2
+//! (q/k/v biases, rotary pairs split in halves).
+
+use crate::EngineError;
+use crate::gguf::GgufFile;
+
+/// How rotary embeddings pair a head's dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs (2i, 2i+1): llama.cpp's layout for `llama` GGUF files, whose Q/K
+    /// weights the converter permuted.
+    Interleaved,
+    /// Pairs (i, i + d/2): Hugging Face's layout (and GGUF `qwen2`).
+    Halves,
+}
+
+/// Everything a backend needs to know about the network's shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub architecture: String,
+    pub n_layers: usize,
+    /// Hidden size.
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Inner size of the SwiGLU feed-forward block.
+    pub d_ff: usize,
+    pub vocab_size: usize,
+    /// Longest sequence the model was trained for, tokens.
+    pub context_length: usize,
+    pub rope_theta: f32,
+    pub rope_style: RopeStyle,
+    pub rms_eps: f32,
+    /// Q, K and V projections carry biases (Qwen2).
+    pub qkv_bias: bool,
+}
+
+impl ModelConfig {
+    /// Reads the shape from GGUF metadata (`<arch>.*` keys).
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, EngineError> {
+        let arch = file.architecture()?.to_string();
+        let rope_style = match arch.as_str() {
+            "llama" | "mistral" => RopeStyle::Interleaved,
+            "qwen2" => RopeStyle::Halves,
+            other => {
+                return Err(EngineError::Model(format!(
+                    "architecture {other:?} is not supported (llama, mistral and qwen2 are)"
+                )));
+            }
+        };
+        let key = |k: &str| format!("{arch}.{k}");
+        let d_model = file.get_u32(&key("embedding_length"))? as usize;
+        let n_heads = file.get_u32(&key("attention.head_count"))? as usize;
+        let n_kv_heads = file
+            .get_opt::<u32>(&key("attention.head_count_kv"))?
+            .map_or(n_heads, |v| v as usize);
+        let vocab_size = match file.get_opt::<u32>(&key("vocab_size"))? {
+            Some(v) => v as usize,
+            None => file.get_str_array("tokenizer.ggml.tokens")?.len(),
+        };
+        let head_dim = match file.get_opt::<u32>(&key("attention.key_length"))? {
+            Some(v) => v as usize,
+            None if n_heads > 0 => d_model / n_heads,
+            None => 0,
+        };
+        let config = Self {
+            n_layers: file.get_u32(&key("block_count"))? as usize,
+            d_model,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            d_ff: file.get_u32(&key("feed_forward_length"))? as usize,
+            vocab_size,
+            context_length: file.get_u32(&key("context_length"))? as usize,
+            rope_theta: file
+                .get_opt::<f32>(&key("rope.freq_base"))?
+                .unwrap_or(10_000.0),
+            rope_style,
+            rms_eps: file
+                .get_opt::<f32>(&key("attention.layer_norm_rms_epsilon"))?
+                .unwrap_or(1e-5),
+            qkv_bias: file.tensor_info("blk.0.attn_q.bias").is_some(),
+            architecture: arch,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Width of the K (or V) projection: KV heads times head size.
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// Width of the Q projection.
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    /// Bytes of K and V that one token occupies across every layer, in f32.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        2 * self.n_layers * self.kv_dim() * std::mem::size_of::<f32>()
+    }
+
+    fn validate(&self) -> Result<(), EngineError> {
+        let bad = |what: String| Err(EngineError::Model(what));
+        if self.n_layers == 0 || self.d_model == 0 || self.n_heads == 0 || self.vocab_size == 0 {
+            return bad(format!("degenerate model shape {self:?}"));
+        }
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            return bad(format!(
+                "{} attention heads are not a multiple of {} KV heads",
+                self.n_heads, self.n_kv_heads
+            ));
+        }
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+            return bad(format!(
+                "head size {} must be even and positive",
+                self.head_dim
+            ));
+        }
+        if self.context_length == 0 {
+            return bad("context_length is 0".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smollm2_shape_from_the_real_file() {
+        let file = GgufFile::open(crate::testing::real_model_path()).unwrap();
+        let c = ModelConfig::from_gguf(&file).unwrap();
+        assert_eq!(c.architecture, "llama");
+        assert_eq!(
+            (c.n_layers, c.d_model, c.n_heads, c.n_kv_heads),
+            (30, 576, 9, 3)
+        );
+        assert_eq!((c.head_dim, c.d_ff, c.vocab_size), (64, 1536, 49152));
+        assert_eq!(c.context_length, 8192);
+        assert_eq!(c.rope_theta, 100_000.0);
+        assert_eq!(c.rope_style, RopeStyle::Interleaved);
+        assert!(!c.qkv_bias);
+    }
+}
