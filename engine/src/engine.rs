@@ -16,9 +16,9 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, Batch, BatchSeq};
-use crate::gguf::GgufFile;
 use crate::kv::BlockManager;
 use crate::model::ModelConfig;
+use crate::model::checkpoint::Checkpoint;
 use crate::sampling::{Sampler, SamplingParams, StopMatcher};
 use crate::scheduler::{Scheduler, SchedulerConfig, SeqId};
 use crate::tokenizer::{ChatMessage, IncrementalDecoder, Tokenizer};
@@ -153,9 +153,9 @@ impl Engine {
         progress: &mut dyn FnMut(f32),
     ) -> Result<Self, EngineError> {
         config.validate()?;
-        let file = GgufFile::open(path)?;
-        let model = ModelConfig::from_gguf(&file)?;
-        let tokenizer = Arc::new(Tokenizer::from_gguf(&file)?);
+        let checkpoint = Checkpoint::open(path)?;
+        let model = checkpoint.config()?;
+        let tokenizer = Arc::new(checkpoint.tokenizer()?);
         let num_blocks = if config.kv_blocks > 0 {
             config.kv_blocks
         } else {
@@ -163,7 +163,7 @@ impl Engine {
             (config.kv_memory_bytes as usize / per_block.max(1)).max(1)
         };
         let backend = CpuBackend::load(
-            &file,
+            checkpoint.weights(),
             model.clone(),
             config.kv_block_size,
             num_blocks,

@@ -27,6 +27,31 @@ pub use engine::{Completion, Engine, EngineStats, Event, FinishReason, Input, Re
 pub use sampling::SamplingParams;
 pub use tokenizer::ChatMessage;
 
+/// The id a worker serves a model under: the file or directory name without its
+/// extension and quantization suffix (`SmolLM2-135M-Instruct.Q4_1.gguf` is
+/// `SmolLM2-135M-Instruct`).
+pub fn model_id(path: &std::path::Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".gguf").unwrap_or(&name);
+    match stem.rsplit_once('.') {
+        Some((base, quant)) if is_quant_suffix(quant) && !base.is_empty() => base.to_string(),
+        _ => stem.to_string(),
+    }
+}
+
+/// `Q4_1`, `Q8_0`, `F16`, `BF16`, `IQ4_XS`...: a GGUF file name's quantization tag.
+fn is_quant_suffix(s: &str) -> bool {
+    let upper = s.to_ascii_uppercase();
+    ["Q", "F", "BF", "IQ"].iter().any(|p| {
+        upper
+            .strip_prefix(p)
+            .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+    })
+}
+
 /// Errors of the engine.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -51,4 +76,20 @@ pub enum EngineError {
     /// The engine's step thread has stopped.
     #[error("the engine has stopped")]
     Stopped,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn model_ids_drop_extension_and_quantization() {
+        let id = |p: &str| super::model_id(std::path::Path::new(p));
+        assert_eq!(
+            id("/m/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            "SmolLM2-135M-Instruct"
+        );
+        assert_eq!(id("llama-3.1-8b.BF16.gguf"), "llama-3.1-8b");
+        assert_eq!(id("model.gguf"), "model");
+        assert_eq!(id("/ckpt/Qwen2.5-0.5B"), "Qwen2.5-0.5B");
+        assert_eq!(id("/ckpt/foo.Instruct"), "foo.Instruct");
+    }
 }

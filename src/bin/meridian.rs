@@ -35,6 +35,8 @@ enum Command {
     Pop(RoleArgs),
     /// Run a router: the OpenAI-compatible HTTP front door.
     Router(RoleArgs),
+    /// Run one engine worker alone (the Worker gRPC service), without a PoP agent.
+    Worker(WorkerArgs),
     /// Simulate a fleet in virtual time for capacity planning.
     Sim(SimArgs),
     /// Generate a completion locally with the engine.
@@ -68,6 +70,25 @@ struct RoleArgs {
     /// gRPC or HTTP listen address, overriding the file.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    /// PoP role file whose `[engine]` section and `worker_listen` apply (deploy/pop.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// GGUF model file; default: the cached SmolLM2-135M-Instruct.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// gRPC listen address (port 0: any free port, printed at start).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Prometheus listen address.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -186,6 +207,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             cfg.validate()?;
             not_implemented("the router", 10)
         }
+        Command::Worker(args) => worker(args).await,
         Command::Sim(_) => not_implemented("the simulator", 7),
         Command::Generate(args) => generate(args).await,
         Command::Models(ModelsCommand::Pull) => {
@@ -379,5 +401,74 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The default model when none is configured: the cached SmolLM2, fetched if missing.
+fn default_model() -> anyhow::Result<PathBuf> {
+    Ok(
+        assets::pull(&assets::SMOLLM2, &assets::cache_dir(), &assets::python())?
+            .path()
+            .to_path_buf(),
+    )
+}
+
+async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg: config::PopConfig = config::load("pop", args.config.as_deref())?;
+    if let Some(listen) = args.listen {
+        cfg.worker_listen = listen;
+    }
+    if args.model.is_some() {
+        cfg.engine.model = args.model;
+    }
+    if args.metrics_listen.is_some() {
+        cfg.metrics_listen = args.metrics_listen;
+    }
+    if args.print_config {
+        print!("{}", config::to_toml(&cfg)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    cfg.engine.validate()?;
+    telemetry::install_metrics(cfg.metrics_listen)?;
+    let model = match &cfg.engine.model {
+        Some(m) => m.clone(),
+        None => default_model()?,
+    };
+    let engine = tokio::task::block_in_place(|| meridian_engine::Engine::load(&model, &cfg.engine))
+        .with_context(|| format!("cannot load {}", model.display()))?;
+    let model_id = meridian_engine::model_id(&model);
+    tracing::info!(model = %model.display(), model_id, backend = engine.describe(), "engine loaded");
+    let service = meridian_engine::service::WorkerService::new(
+        std::sync::Arc::new(engine),
+        model_id.clone(),
+        cfg.engine.max_batch_tokens,
+    );
+    let listener = tokio::net::TcpListener::bind(cfg.worker_listen)
+        .await
+        .with_context(|| format!("cannot bind {}", cfg.worker_listen))?;
+    let addr = listener.local_addr()?;
+    let (reporter, health) = grpc::health();
+    let (reflection_v1, reflection_v1alpha) = grpc::reflection()?;
+    type Server = meridian_proto::worker::v1::worker_server::WorkerServer<
+        meridian_engine::service::WorkerService,
+    >;
+    reporter.set_serving::<Server>().await;
+    println!("worker serving {model_id} on http://{addr}");
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            Server::new(service).max_decoding_message_size(meridian_proto::MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+                tracing::info!("shutting down");
+            },
+        )
+        .await
+        .context("worker server failed")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -3,6 +3,13 @@
 //! Llama-family decoders: Llama 2/3, SmolLM2, Mistral (all `llama` in GGUF) and Qwen2
 //! (q/k/v biases, rotary pairs split in halves).
 
+pub mod checkpoint;
+pub mod safetensors;
+pub mod source;
+
+#[cfg(test)]
+mod safetensors_tests;
+
 use crate::EngineError;
 use crate::gguf::GgufFile;
 
@@ -84,6 +91,108 @@ impl ModelConfig {
                 .unwrap_or(1e-5),
             qkv_bias: file.tensor_info("blk.0.attn_q.bias").is_some(),
             architecture: arch,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads the shape from a Hugging Face `config.json` (`llama`, `mistral` and `qwen2`
+    /// model types). Fields the file leaves out take the `transformers` defaults of those
+    /// classes; what the engine cannot run exactly (RoPE scaling, an activation other
+    /// than SiLU) is refused rather than approximated.
+    pub fn from_hf_config(json: &serde_json::Value) -> Result<Self, EngineError> {
+        #[derive(serde::Deserialize)]
+        struct HfConfig {
+            model_type: String,
+            hidden_size: usize,
+            num_hidden_layers: usize,
+            num_attention_heads: usize,
+            num_key_value_heads: Option<usize>,
+            head_dim: Option<usize>,
+            intermediate_size: usize,
+            vocab_size: usize,
+            max_position_embeddings: usize,
+            rope_theta: Option<f64>,
+            rms_norm_eps: Option<f64>,
+            attention_bias: Option<bool>,
+            hidden_act: Option<String>,
+            rope_scaling: Option<serde_json::Value>,
+            /// `transformers` 5 moves `rope_theta` and the scaling type here.
+            rope_parameters: Option<serde_json::Value>,
+            sliding_window: Option<usize>,
+            use_sliding_window: Option<bool>,
+        }
+        let bad = |what: String| EngineError::Model(format!("config.json: {what}"));
+        let hf =
+            <HfConfig as serde::Deserialize>::deserialize(json).map_err(|e| bad(e.to_string()))?;
+        match hf.model_type.as_str() {
+            "llama" | "mistral" | "qwen2" => {}
+            other => {
+                return Err(bad(format!(
+                    "model_type {other:?} is not supported (llama, mistral and qwen2 are)"
+                )));
+            }
+        }
+        if let Some(act) = hf.hidden_act.as_deref().filter(|a| *a != "silu") {
+            return Err(bad(format!(
+                "hidden_act {act:?} is not supported (the engine's feed-forward is SwiGLU)"
+            )));
+        }
+        for (field, scaling) in [
+            ("rope_scaling", &hf.rope_scaling),
+            ("rope_parameters", &hf.rope_parameters),
+        ] {
+            let Some(scaling) = scaling.as_ref().filter(|v| !v.is_null()) else {
+                continue;
+            };
+            let kind = scaling
+                .get("rope_type")
+                .or_else(|| scaling.get("type"))
+                .and_then(serde_json::Value::as_str);
+            // `rope_parameters` names no type when RoPE is unscaled.
+            let unscaled =
+                kind == Some("default") || (field == "rope_parameters" && kind.is_none());
+            if !unscaled {
+                return Err(bad(format!(
+                    "{field} {scaling} is not supported (only unscaled RoPE is)"
+                )));
+            }
+        }
+        let rope_theta = hf.rope_theta.or_else(|| {
+            hf.rope_parameters
+                .as_ref()
+                .and_then(|p| p.get("rope_theta"))
+                .and_then(serde_json::Value::as_f64)
+        });
+        // Attention over a sliding window equals full attention while the context fits in
+        // the window, so the engine's context stops there (Mistral 7B v0.1: 4096). Qwen2
+        // keeps `sliding_window` in its config but uses it only with `use_sliding_window`.
+        let window = match hf.model_type.as_str() {
+            "mistral" => hf.sliding_window,
+            _ if hf.use_sliding_window == Some(true) => hf.sliding_window,
+            _ => None,
+        };
+        let n_heads = hf.num_attention_heads;
+        let config = Self {
+            n_layers: hf.num_hidden_layers,
+            d_model: hf.hidden_size,
+            n_heads,
+            n_kv_heads: hf.num_key_value_heads.unwrap_or(n_heads),
+            head_dim: hf
+                .head_dim
+                .unwrap_or_else(|| hf.hidden_size.checked_div(n_heads).unwrap_or(0)),
+            d_ff: hf.intermediate_size,
+            vocab_size: hf.vocab_size,
+            context_length: window.map_or(hf.max_position_embeddings, |w| {
+                w.min(hf.max_position_embeddings)
+            }),
+            rope_theta: rope_theta.unwrap_or(10_000.0) as f32,
+            // Hugging Face checkpoints keep Q/K rows in their trained order, which pairs
+            // dimension i with i + d/2; only llama.cpp's converter permutes them.
+            rope_style: RopeStyle::Halves,
+            rms_eps: hf.rms_norm_eps.unwrap_or(1e-6) as f32,
+            qkv_bias: hf.model_type == "qwen2" || hf.attention_bias == Some(true),
+            architecture: hf.model_type,
         };
         config.validate()?;
         Ok(config)

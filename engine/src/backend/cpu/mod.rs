@@ -5,14 +5,17 @@
 pub mod matmul;
 pub mod ops;
 
+use std::sync::Arc;
+
 use rayon::prelude::*;
 
 use self::matmul::{QMatrix, QuantizedActs};
 use self::ops::{KvLayer, Rope};
 use crate::EngineError;
 use crate::backend::{Backend, Batch};
-use crate::gguf::{GgmlType, GgufFile};
+use crate::gguf::GgmlType;
 use crate::model::ModelConfig;
+use crate::model::source::WeightSource;
 
 /// One group of projections that share an input (Q|K|V, gate|up): fused into a single
 /// matrix when their weight types agree, so one parallel pass computes all of them.
@@ -23,7 +26,7 @@ struct Projections {
 }
 
 impl Projections {
-    fn load(file: &GgufFile, names: &[String], k: usize) -> Result<Self, EngineError> {
+    fn load(file: &dyn WeightSource, names: &[String], k: usize) -> Result<Self, EngineError> {
         let views = names
             .iter()
             .map(|n| file.tensor(n))
@@ -43,7 +46,7 @@ impl Projections {
         let parts = if same_type {
             let mut data = Vec::with_capacity(views.iter().map(|v| v.data.len()).sum());
             for v in &views {
-                data.extend_from_slice(v.data);
+                data.extend_from_slice(&v.data);
             }
             vec![qmatrix(
                 views[0].ty,
@@ -55,7 +58,7 @@ impl Projections {
         } else {
             views
                 .iter()
-                .map(|v| qmatrix(v.ty, v.n_rows(), k, v.data, v.name))
+                .map(|v| qmatrix(v.ty, v.n_rows(), k, &v.data, &v.name))
                 .collect::<Result<_, _>>()?
         };
         Ok(Self { parts, widths })
@@ -102,9 +105,8 @@ fn qmatrix(
     QMatrix::from_raw(ty, m, k, data).map_err(|e| EngineError::Model(format!("tensor {name}: {e}")))
 }
 
-fn f32_tensor(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, EngineError> {
-    let view = file.tensor(name)?;
-    let values = view.to_f32_vec()?;
+fn f32_tensor(file: &dyn WeightSource, name: &str, len: usize) -> Result<Vec<f32>, EngineError> {
+    let values = file.tensor(name)?.to_f32()?;
     if values.len() != len {
         return Err(EngineError::Model(format!(
             "tensor {name} has {} values, expected {len}",
@@ -162,7 +164,7 @@ pub struct CpuBackend {
     /// Per layer: `[block][kv_head][slot][head_dim]`.
     k_cache: Vec<Vec<f32>>,
     v_cache: Vec<Vec<f32>>,
-    pool: rayon::ThreadPool,
+    pool: Arc<rayon::ThreadPool>,
     threads: usize,
     scratch: Scratch,
 }
@@ -171,19 +173,21 @@ impl CpuBackend {
     /// Loads every weight from `file` (converted once into the kernels' layout) and
     /// allocates `num_blocks` KV blocks of `block_size` tokens.
     pub fn load(
-        file: &GgufFile,
+        file: &dyn WeightSource,
         config: ModelConfig,
         block_size: usize,
         num_blocks: usize,
         threads: usize,
         progress: &mut dyn FnMut(f32),
     ) -> Result<Self, EngineError> {
-        if block_size == 0 || block_size > 64 {
+        if block_size == 0 || block_size > ops::MAX_BLOCK {
             return Err(EngineError::Config(format!(
                 "kv_block_size {block_size} must be in 1..=64"
             )));
         }
-        if config.head_dim > ops::MAX_HEAD_DIM || config.n_heads / config.n_kv_heads > 16 {
+        if config.head_dim > ops::MAX_HEAD_DIM
+            || config.n_heads / config.n_kv_heads > ops::MAX_GROUP
+        {
             return Err(EngineError::Model(format!(
                 "head size {} or query heads per KV head {} beyond the CPU kernel's limits (256, 16)",
                 config.head_dim,
@@ -196,7 +200,7 @@ impl CpuBackend {
             embd_view.ty,
             embd_view.n_rows(),
             embd_view.row_len(),
-            embd_view.data,
+            &embd_view.data,
             "token_embd.weight",
         )?;
         if embed.rows() != config.vocab_size || embed.cols() != d {
@@ -207,18 +211,17 @@ impl CpuBackend {
                 config.vocab_size
             )));
         }
-        let output = match file.tensor_info("output.weight") {
-            Some(_) => {
-                let v = file.tensor("output.weight")?;
-                Some(qmatrix(
-                    v.ty,
-                    v.n_rows(),
-                    v.row_len(),
-                    v.data,
-                    "output.weight",
-                )?)
-            }
-            None => None,
+        let output = if file.has("output.weight") {
+            let v = file.tensor("output.weight")?;
+            Some(qmatrix(
+                v.ty,
+                v.n_rows(),
+                v.row_len(),
+                &v.data,
+                "output.weight",
+            )?)
+        } else {
+            None
         };
         let mut layers = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
@@ -260,10 +263,16 @@ impl CpuBackend {
                 attn_norm: f32_tensor(file, &name("attn_norm.weight"), d)?,
                 qkv,
                 qkv_bias,
-                wo: qmatrix(wo_view.ty, d, config.q_dim(), wo_view.data, wo_view.name)?,
+                wo: qmatrix(wo_view.ty, d, config.q_dim(), &wo_view.data, &wo_view.name)?,
                 ffn_norm: f32_tensor(file, &name("ffn_norm.weight"), d)?,
                 gate_up,
-                down: qmatrix(down_view.ty, d, config.d_ff, down_view.data, down_view.name)?,
+                down: qmatrix(
+                    down_view.ty,
+                    d,
+                    config.d_ff,
+                    &down_view.data,
+                    &down_view.name,
+                )?,
             });
             progress((i + 1) as f32 / config.n_layers as f32);
         }
@@ -295,7 +304,7 @@ impl CpuBackend {
             layers,
             block_size,
             num_blocks,
-            pool,
+            pool: Arc::new(pool),
             threads,
             scratch: Scratch::default(),
         })
@@ -339,6 +348,15 @@ impl Backend for CpuBackend {
     }
 
     fn step(&mut self, batch: &Batch<'_>, logits: &mut [f32]) -> Result<(), EngineError> {
+        // One hand-off to the pool per step: every product and the attention inside run
+        // on its threads without crossing back to the caller's.
+        let pool = self.pool.clone();
+        pool.install(|| self.forward(batch, logits))
+    }
+}
+
+impl CpuBackend {
+    fn forward(&mut self, batch: &Batch<'_>, logits: &mut [f32]) -> Result<(), EngineError> {
         let c = &self.config;
         let (d, hd, n_kv) = (c.d_model, c.head_dim, c.n_kv_heads);
         let (q_dim, kv_dim, d_ff, vocab) = (c.q_dim(), c.kv_dim(), c.d_ff, c.vocab_size);

@@ -79,14 +79,51 @@ impl KvLayer<'_> {
     }
 }
 
-/// Largest head size the attention kernel's stack buffers take.
+/// Largest head size and query-heads-per-KV-head the attention kernel takes.
 pub const MAX_HEAD_DIM: usize = 256;
+pub const MAX_GROUP: usize = 16;
+/// Largest KV block the attention kernel takes, tokens.
+pub const MAX_BLOCK: usize = 64;
 
 /// Causal attention of the query heads sharing one KV head, for one token at `pos`:
-/// softmax(q·k / sqrt(d)) · v over positions `0..=pos`, read through the block table.
-/// Keys are visited in order, a block at a time, with a running max (the streaming
-/// softmax), so the result depends only on `q` and the cache contents.
+/// softmax(q·k / sqrt(d)) · v over positions `0..=pos`, read through the block table,
+/// written to `out` (`q.len()` values). Keys are visited in order, a block at a time,
+/// with a running max (the streaming softmax), so the result depends only on `q` and
+/// the cache contents. Runs the widest SIMD the CPU has.
 pub fn attend(
+    kv: &KvLayer<'_>,
+    block_table: &[crate::kv::BlockId],
+    kv_head: usize,
+    pos: usize,
+    q: &[f32],
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd::has_avx512() {
+            // SAFETY: the CPU supports AVX-512F (checked at run time).
+            #[allow(unsafe_code)]
+            unsafe {
+                simd::attend_avx512(kv, block_table, kv_head, pos, q, out)
+            };
+            return;
+        }
+        if simd::has_avx2() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+            #[allow(unsafe_code)]
+            unsafe {
+                simd::attend_avx2(kv, block_table, kv_head, pos, q, out)
+            };
+            return;
+        }
+    }
+    attend_generic(kv, block_table, kv_head, pos, q, out);
+}
+
+/// The portable body; the SIMD entry points inline it under wider target features so
+/// the compiler vectorizes the same code for them.
+#[inline(always)]
+fn attend_generic(
     kv: &KvLayer<'_>,
     block_table: &[crate::kv::BlockId],
     kv_head: usize,
@@ -98,11 +135,12 @@ pub fn attend(
     let bs = kv.block_size;
     let scale = 1.0 / (hd as f32).sqrt();
     let n_q = q.len() / hd;
-    debug_assert!(hd <= MAX_HEAD_DIM && n_q <= 16);
-    let mut acc = [[0f32; MAX_HEAD_DIM]; 16];
-    let mut max = [f32::NEG_INFINITY; 16];
-    let mut denom = [0f32; 16];
-    let mut scores = [0f32; 64];
+    debug_assert!(hd <= MAX_HEAD_DIM && n_q <= MAX_GROUP && bs <= MAX_BLOCK);
+    // `out` is the accumulator: no stack buffer to clear per call.
+    out.fill(0.0);
+    let mut max = [f32::NEG_INFINITY; MAX_GROUP];
+    let mut denom = [0f32; MAX_GROUP];
+    let mut scores = [0f32; MAX_BLOCK];
     let n_ctx = pos + 1;
     for (b, &block) in block_table.iter().enumerate() {
         let first = b * bs;
@@ -123,29 +161,78 @@ pub fn attend(
             let new_max = max[h].max(block_max);
             let correction = (max[h] - new_max).exp();
             max[h] = new_max;
-            denom[h] *= correction;
-            let acc_h = &mut acc[h][..hd];
-            for a in acc_h.iter_mut() {
+            let acc = &mut out[h * hd..(h + 1) * hd];
+            let mut sum = denom[h] * correction;
+            for a in acc.iter_mut() {
                 *a *= correction;
             }
             for (s, value) in scores[..n].iter().zip(values.chunks_exact(hd)) {
                 let p = (s - new_max).exp();
-                denom[h] += p;
-                for (a, &v) in acc_h.iter_mut().zip(value) {
+                sum += p;
+                for (a, &v) in acc.iter_mut().zip(value) {
                     *a += p * v;
                 }
             }
+            denom[h] = sum;
         }
     }
     for h in 0..n_q {
         let inv = 1.0 / denom[h];
-        for (o, &a) in out[h * hd..(h + 1) * hd].iter_mut().zip(&acc[h][..hd]) {
-            *o = a * inv;
+        for o in &mut out[h * hd..(h + 1) * hd] {
+            *o *= inv;
         }
     }
 }
 
-#[inline]
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    //! Entry points compiled for wider vectors; the body is `attend_generic`, inlined.
+    #![allow(unsafe_code)]
+
+    use std::sync::OnceLock;
+
+    use super::{KvLayer, attend_generic};
+
+    pub fn has_avx512() -> bool {
+        static YES: OnceLock<bool> = OnceLock::new();
+        *YES.get_or_init(|| is_x86_feature_detected!("avx512f"))
+    }
+
+    pub fn has_avx2() -> bool {
+        static YES: OnceLock<bool> = OnceLock::new();
+        *YES.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn attend_avx512(
+        kv: &KvLayer<'_>,
+        table: &[crate::kv::BlockId],
+        kv_head: usize,
+        pos: usize,
+        q: &[f32],
+        out: &mut [f32],
+    ) {
+        attend_generic(kv, table, kv_head, pos, q, out)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn attend_avx2(
+        kv: &KvLayer<'_>,
+        table: &[crate::kv::BlockId],
+        kv_head: usize,
+        pos: usize,
+        q: &[f32],
+        out: &mut [f32],
+    ) {
+        attend_generic(kv, table, kv_head, pos, q, out)
+    }
+}
+
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight independent lanes let the compiler vectorize without reassociating.
     let mut lanes = [0f32; 8];
