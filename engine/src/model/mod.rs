@@ -208,9 +208,9 @@ impl ModelConfig {
         self.n_heads * self.head_dim
     }
 
-    /// Bytes of K and V that one token occupies across every layer, in f32.
+    /// Bytes of K and V that one token occupies across every layer (half precision).
     pub fn kv_bytes_per_token(&self) -> usize {
-        2 * self.n_layers * self.kv_dim() * std::mem::size_of::<f32>()
+        2 * self.n_layers * self.kv_dim() * std::mem::size_of::<u16>()
     }
 
     fn validate(&self) -> Result<(), EngineError> {

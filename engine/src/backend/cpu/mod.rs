@@ -161,9 +161,9 @@ pub struct CpuBackend {
     rope: Rope,
     block_size: usize,
     num_blocks: usize,
-    /// Per layer: `[block][kv_head][slot][head_dim]`.
-    k_cache: Vec<Vec<f32>>,
-    v_cache: Vec<Vec<f32>>,
+    /// Per layer: `[block][kv_head][slot][head_dim]`, half-precision bits.
+    k_cache: Vec<Vec<u16>>,
+    v_cache: Vec<Vec<u16>>,
     pool: Arc<rayon::ThreadPool>,
     threads: usize,
     scratch: Scratch,
@@ -293,10 +293,10 @@ impl CpuBackend {
             rope: Rope::new(config.head_dim, config.rope_theta, config.rope_style),
             output_norm: f32_tensor(file, "output_norm.weight", d)?,
             k_cache: (0..config.n_layers)
-                .map(|_| vec![0f32; per_layer])
+                .map(|_| vec![0u16; per_layer])
                 .collect(),
             v_cache: (0..config.n_layers)
-                .map(|_| vec![0f32; per_layer])
+                .map(|_| vec![0u16; per_layer])
                 .collect(),
             config,
             embed,
@@ -456,9 +456,16 @@ impl CpuBackend {
                 let block = table[pos / bs] as usize;
                 for h in 0..n_kv {
                     let dst = ((block * n_kv + h) * bs + pos % bs) * hd;
-                    k_cache[dst..dst + hd].copy_from_slice(&kv[h * hd..(h + 1) * hd]);
-                    v_cache[dst..dst + hd]
-                        .copy_from_slice(&kv[kv_dim + h * hd..kv_dim + (h + 1) * hd]);
+                    for (c, &x) in k_cache[dst..dst + hd]
+                        .iter_mut()
+                        .zip(&kv[h * hd..(h + 1) * hd])
+                    {
+                        *c = ops::f32_to_f16(x);
+                    }
+                    let v_src = &kv[kv_dim + h * hd..kv_dim + (h + 1) * hd];
+                    for (c, &x) in v_cache[dst..dst + hd].iter_mut().zip(v_src) {
+                        *c = ops::f32_to_f16(x);
+                    }
                 }
             }
 

@@ -63,10 +63,11 @@ impl Rope {
     }
 }
 
-/// Where one layer's K and V live: `[block][kv_head][slot][head_dim]` each.
+/// Where one layer's K and V live: `[block][kv_head][slot][head_dim]` each, as IEEE
+/// half-precision bits (half the memory and bandwidth of f32, llama.cpp's default).
 pub struct KvLayer<'a> {
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+    pub k: &'a [u16],
+    pub v: &'a [u16],
     pub block_size: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
@@ -99,9 +100,10 @@ pub fn attend(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    {
+    if kv.head_dim.is_multiple_of(16) {
         if simd::has_avx512() {
-            // SAFETY: the CPU supports AVX-512F (checked at run time).
+            // SAFETY: the CPU supports AVX-512F (checked at run time); the head size is
+            // a multiple of 16.
             #[allow(unsafe_code)]
             unsafe {
                 simd::attend_avx512(kv, block_table, kv_head, pos, q, out)
@@ -109,7 +111,7 @@ pub fn attend(
             return;
         }
         if simd::has_avx2() {
-            // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+            // SAFETY: the CPU supports AVX2, FMA and F16C (checked at run time).
             #[allow(unsafe_code)]
             unsafe {
                 simd::attend_avx2(kv, block_table, kv_head, pos, q, out)
@@ -122,7 +124,6 @@ pub fn attend(
 
 /// The portable body; the SIMD entry points inline it under wider target features so
 /// the compiler vectorizes the same code for them.
-#[inline(always)]
 fn attend_generic(
     kv: &KvLayer<'_>,
     block_table: &[crate::kv::BlockId],
@@ -130,6 +131,23 @@ fn attend_generic(
     pos: usize,
     q: &[f32],
     out: &mut [f32],
+) {
+    attend_with(kv, block_table, kv_head, pos, q, out, dot_f16, axpy_f16);
+}
+
+/// The attention loop, generic over its two inner products so each SIMD entry point
+/// inlines its own.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend_with(
+    kv: &KvLayer<'_>,
+    block_table: &[crate::kv::BlockId],
+    kv_head: usize,
+    pos: usize,
+    q: &[f32],
+    out: &mut [f32],
+    dot: impl Fn(&[f32], &[u16]) -> f32,
+    axpy: impl Fn(&mut [f32], f32, &[u16]),
 ) {
     let hd = kv.head_dim;
     let bs = kv.block_size;
@@ -169,9 +187,7 @@ fn attend_generic(
             for (s, value) in scores[..n].iter().zip(values.chunks_exact(hd)) {
                 let p = (s - new_max).exp();
                 sum += p;
-                for (a, &v) in acc.iter_mut().zip(value) {
-                    *a += p * v;
-                }
+                axpy(acc, p, value);
             }
             denom[h] = sum;
         }
@@ -186,12 +202,15 @@ fn attend_generic(
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    //! Entry points compiled for wider vectors; the body is `attend_generic`, inlined.
+    //! Entry points with hardware half-to-float conversion (`vcvtph2ps`) and fused
+    //! multiply-adds; the loop around them is `attend_with`, inlined. They need the head
+    //! size to be a multiple of 16, which the dispatcher checks.
     #![allow(unsafe_code)]
 
+    use std::arch::x86_64::*;
     use std::sync::OnceLock;
 
-    use super::{KvLayer, attend_generic};
+    use super::{KvLayer, attend_with};
 
     pub fn has_avx512() -> bool {
         static YES: OnceLock<bool> = OnceLock::new();
@@ -200,12 +219,16 @@ mod simd {
 
     pub fn has_avx2() -> bool {
         static YES: OnceLock<bool> = OnceLock::new();
-        *YES.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+        *YES.get_or_init(|| {
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+        })
     }
 
     /// # Safety
-    /// The CPU must support AVX-512F.
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    /// The CPU must support AVX-512F; `kv.head_dim` must be a multiple of 16.
+    #[target_feature(enable = "avx512f")]
     pub unsafe fn attend_avx512(
         kv: &KvLayer<'_>,
         table: &[crate::kv::BlockId],
@@ -214,12 +237,51 @@ mod simd {
         q: &[f32],
         out: &mut [f32],
     ) {
-        attend_generic(kv, table, kv_head, pos, q, out)
+        // SAFETY (both closures): AVX-512F is enabled for this function and the slices
+        // hold `head_dim` elements, a multiple of 16, so every 16-wide access is in
+        // bounds.
+        let dot = |a: &[f32], b: &[u16]| unsafe { dot512(a, b) };
+        let axpy = |acc: &mut [f32], p: f32, v: &[u16]| unsafe { axpy512(acc, p, v) };
+        attend_with(kv, table, kv_head, pos, q, out, dot, axpy)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn dot512(a: &[f32], b: &[u16]) -> f32 {
+        debug_assert!(a.len() == b.len() && a.len() % 16 == 0);
+        let mut acc = _mm512_setzero_ps();
+        for i in (0..a.len()).step_by(16) {
+            // SAFETY: i + 16 <= len for both slices (len is a multiple of 16).
+            unsafe {
+                let x = _mm512_loadu_ps(a.as_ptr().add(i));
+                let h = _mm256_loadu_si256(b.as_ptr().add(i).cast());
+                acc = _mm512_fmadd_ps(x, _mm512_cvtph_ps(h), acc);
+            }
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn axpy512(acc: &mut [f32], p: f32, v: &[u16]) {
+        debug_assert!(acc.len() == v.len() && acc.len() % 16 == 0);
+        let pv = _mm512_set1_ps(p);
+        for i in (0..acc.len()).step_by(16) {
+            // SAFETY: i + 16 <= len for both slices (len is a multiple of 16).
+            unsafe {
+                let a = _mm512_loadu_ps(acc.as_ptr().add(i));
+                let h = _mm256_loadu_si256(v.as_ptr().add(i).cast());
+                _mm512_storeu_ps(
+                    acc.as_mut_ptr().add(i),
+                    _mm512_fmadd_ps(pv, _mm512_cvtph_ps(h), a),
+                );
+            }
+        }
     }
 
     /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
+    /// The CPU must support AVX2, FMA and F16C; `kv.head_dim` must be a multiple of 16.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn attend_avx2(
         kv: &KvLayer<'_>,
         table: &[crate::kv::BlockId],
@@ -228,24 +290,97 @@ mod simd {
         q: &[f32],
         out: &mut [f32],
     ) {
-        attend_generic(kv, table, kv_head, pos, q, out)
+        // SAFETY (both closures): AVX2, FMA and F16C are enabled for this function and
+        // the slices hold `head_dim` elements, a multiple of 16.
+        let dot = |a: &[f32], b: &[u16]| unsafe { dot256(a, b) };
+        let axpy = |acc: &mut [f32], p: f32, v: &[u16]| unsafe { axpy256(acc, p, v) };
+        attend_with(kv, table, kv_head, pos, q, out, dot, axpy)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn dot256(a: &[f32], b: &[u16]) -> f32 {
+        debug_assert!(a.len() == b.len() && a.len() % 16 == 0);
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for i in (0..a.len()).step_by(16) {
+            // SAFETY: i + 16 <= len for both slices (len is a multiple of 16).
+            unsafe {
+                let x0 = _mm256_loadu_ps(a.as_ptr().add(i));
+                let x1 = _mm256_loadu_ps(a.as_ptr().add(i + 8));
+                let h0 = _mm_loadu_si128(b.as_ptr().add(i).cast());
+                let h1 = _mm_loadu_si128(b.as_ptr().add(i + 8).cast());
+                s0 = _mm256_fmadd_ps(x0, _mm256_cvtph_ps(h0), s0);
+                s1 = _mm256_fmadd_ps(x1, _mm256_cvtph_ps(h1), s1);
+            }
+        }
+        let s = _mm256_add_ps(s0, s1);
+        let lo = _mm256_castps256_ps128(s);
+        let hi = _mm256_extractf128_ps(s, 1);
+        let q = _mm_add_ps(lo, hi);
+        let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
+        _mm_cvtss_f32(q)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn axpy256(acc: &mut [f32], p: f32, v: &[u16]) {
+        debug_assert!(acc.len() == v.len() && acc.len() % 8 == 0);
+        let pv = _mm256_set1_ps(p);
+        for i in (0..acc.len()).step_by(8) {
+            // SAFETY: i + 8 <= len for both slices (len is a multiple of 16).
+            unsafe {
+                let a = _mm256_loadu_ps(acc.as_ptr().add(i));
+                let h = _mm_loadu_si128(v.as_ptr().add(i).cast());
+                _mm256_storeu_ps(
+                    acc.as_mut_ptr().add(i),
+                    _mm256_fmadd_ps(pv, _mm256_cvtph_ps(h), a),
+                );
+            }
+        }
+    }
+}
+
+/// f32 to IEEE half bits, rounding to nearest (the KV cache's store).
+#[inline]
+pub fn f32_to_f16(x: f32) -> u16 {
+    half::f16::from_f32(x).to_bits()
+}
+
+/// IEEE half bits to f32 with integer operations and one multiply, so the compiler
+/// vectorizes it in the attention loops without F16C intrinsics. Exact for every finite
+/// half, subnormals included; infinities and NaNs (which the KV cache never holds: K and
+/// V values are far inside the half range) come out as large finite numbers.
+#[inline(always)]
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h & 0x8000) << 16;
+    // Shift exponent and mantissa into place, then rebias the exponent by 2^112.
+    let magnitude = f32::from_bits(u32::from(h & 0x7fff) << 13) * f32::from_bits(0x7780_0000);
+    f32::from_bits(magnitude.to_bits() | sign)
+}
+
+/// `acc += p * v`.
+#[inline(always)]
+fn axpy_f16(acc: &mut [f32], p: f32, v: &[u16]) {
+    for (a, &x) in acc.iter_mut().zip(v) {
+        *a += p * f16_to_f32(x);
     }
 }
 
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent lanes let the compiler vectorize without reassociating.
-    let mut lanes = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+fn dot_f16(a: &[f32], b: &[u16]) -> f32 {
+    // Sixteen independent lanes let the compiler vectorize without reassociating.
+    let mut lanes = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
     let (ar, br) = (ac.remainder(), bc.remainder());
     for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            lanes[i] += x[i] * y[i];
+        for i in 0..16 {
+            lanes[i] += x[i] * f16_to_f32(y[i]);
         }
     }
     let mut sum = lanes.iter().sum::<f32>();
-    for (x, y) in ar.iter().zip(br) {
-        sum += x * y;
+    for (x, &y) in ar.iter().zip(br) {
+        sum += x * f16_to_f32(y);
     }
     sum
 }
@@ -284,20 +419,38 @@ mod tests {
     }
 
     #[test]
+    fn half_conversion_is_exact_for_every_finite_half() {
+        for bits in 0..=u16::MAX {
+            let h = half::f16::from_bits(bits);
+            if h.is_finite() {
+                assert_eq!(
+                    f16_to_f32(bits).to_bits(),
+                    h.to_f32().to_bits(),
+                    "bits {bits:#06x}"
+                );
+            }
+        }
+        assert_eq!(f32_to_f16(1.5), 0x3e00);
+    }
+
+    #[test]
     fn paged_attention_matches_a_dense_softmax() {
-        let (hd, bs, n_kv) = (8usize, 4usize, 2usize);
+        let (hd, bs, n_kv) = (16usize, 4usize, 2usize);
         let n_ctx = 11;
         let table = [3u32, 0, 2]; // scattered blocks
-        let mut k = vec![0f32; 4 * n_kv * bs * hd];
-        let mut v = vec![0f32; 4 * n_kv * bs * hd];
-        let val = |p: usize, i: usize, s: f32| ((p * 7 + i * 3) as f32 * s).sin();
+        let mut k = vec![0u16; 4 * n_kv * bs * hd];
+        let mut v = vec![0u16; 4 * n_kv * bs * hd];
+        // Values as the half-precision cache holds them.
+        let val = |p: usize, i: usize, s: f32| {
+            half::f16::from_f32(((p * 7 + i * 3) as f32 * s).sin()).to_f32()
+        };
         for p in 0..n_ctx {
             let block = table[p / bs] as usize;
             for kvh in 0..n_kv {
                 let base = ((block * n_kv + kvh) * bs + p % bs) * hd;
                 for i in 0..hd {
-                    k[base + i] = val(p, i + kvh, 0.37);
-                    v[base + i] = val(p, i + kvh, 0.91);
+                    k[base + i] = f32_to_f16(val(p, i + kvh, 0.37));
+                    v[base + i] = f32_to_f16(val(p, i + kvh, 0.91));
                 }
             }
         }
@@ -312,6 +465,31 @@ mod tests {
         let pos = n_ctx - 1;
         let mut out = vec![0f32; 2 * hd];
         attend(&kv, &table, 1, pos, &q, &mut out);
+        // Every kernel path this CPU has agrees with the portable one.
+        let mut portable = vec![0f32; 2 * hd];
+        attend_generic(&kv, &table, 1, pos, &q, &mut portable);
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        {
+            let mut paths = Vec::new();
+            if simd::has_avx2() {
+                let mut o = vec![0f32; 2 * hd];
+                // SAFETY: AVX2/FMA/F16C detected; head_dim 16 is a multiple of 16.
+                unsafe { simd::attend_avx2(&kv, &table, 1, pos, &q, &mut o) };
+                paths.push(o);
+            }
+            if simd::has_avx512() {
+                let mut o = vec![0f32; 2 * hd];
+                // SAFETY: AVX-512F detected; head_dim 16 is a multiple of 16.
+                unsafe { simd::attend_avx512(&kv, &table, 1, pos, &q, &mut o) };
+                paths.push(o);
+            }
+            for o in paths {
+                for (a, b) in o.iter().zip(&portable) {
+                    assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+                }
+            }
+        }
         for h in 0..2 {
             let qh = &q[h * hd..(h + 1) * hd];
             let scores: Vec<f64> = (0..=pos)
