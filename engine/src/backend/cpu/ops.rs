@@ -248,7 +248,7 @@ mod simd {
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn dot512(a: &[f32], b: &[u16]) -> f32 {
-        debug_assert!(a.len() == b.len() && a.len() % 16 == 0);
+        debug_assert!(a.len() == b.len() && a.len().is_multiple_of(16));
         let mut acc = _mm512_setzero_ps();
         for i in (0..a.len()).step_by(16) {
             // SAFETY: i + 16 <= len for both slices (len is a multiple of 16).
@@ -264,7 +264,7 @@ mod simd {
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn axpy512(acc: &mut [f32], p: f32, v: &[u16]) {
-        debug_assert!(acc.len() == v.len() && acc.len() % 16 == 0);
+        debug_assert!(acc.len() == v.len() && acc.len().is_multiple_of(16));
         let pv = _mm512_set1_ps(p);
         for i in (0..acc.len()).step_by(16) {
             // SAFETY: i + 16 <= len for both slices (len is a multiple of 16).
@@ -300,7 +300,7 @@ mod simd {
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     unsafe fn dot256(a: &[f32], b: &[u16]) -> f32 {
-        debug_assert!(a.len() == b.len() && a.len() % 16 == 0);
+        debug_assert!(a.len() == b.len() && a.len().is_multiple_of(16));
         let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         for i in (0..a.len()).step_by(16) {
             // SAFETY: i + 16 <= len for both slices (len is a multiple of 16).
@@ -325,7 +325,7 @@ mod simd {
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     unsafe fn axpy256(acc: &mut [f32], p: f32, v: &[u16]) {
-        debug_assert!(acc.len() == v.len() && acc.len() % 8 == 0);
+        debug_assert!(acc.len() == v.len() && acc.len().is_multiple_of(8));
         let pv = _mm256_set1_ps(p);
         for i in (0..acc.len()).step_by(8) {
             // SAFETY: i + 8 <= len for both slices (len is a multiple of 16).
