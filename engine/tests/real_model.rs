@@ -47,35 +47,186 @@ fn text(s: &str) -> Input {
 }
 
 /// Greedy continuations as llama.cpp gives them for the same GGUF (raw prompt, no BOS).
-const KNOWN: &[(&str, &[u32])] = &[(
-    "The capital of France is",
-    &[
-        7042, 30, 198, 198, 504, 1797, 1918, 553, 253, 2155, 282, 4723, 216, 35,
-    ],
-)];
+const KNOWN: &[(&str, &[u32])] = &[
+    (
+        "The capital of France is",
+        &[
+            7042, 30, 198, 198, 504, 1797, 1918, 553, 253, 2155, 282, 4723, 216, 35, 33, 33, 2215,
+            701, 30, 198, 198, 504, 1797, 1918,
+        ],
+    ),
+    (
+        "def fibonacci(n):",
+        &[
+            472, 585, 304, 1758, 216, 32, 42, 448, 1003, 216, 33, 472, 1003, 304, 1672, 3987,
+            46477, 24, 94, 731, 216, 33, 25, 198,
+        ],
+    ),
+    (
+        "Once upon a time, in a small village,",
+        &[
+            665, 436, 253, 9357, 1573, 267, 19341, 3365, 3906, 103, 266, 30, 3906, 103, 266, 436,
+            253, 4163, 282, 9019, 284, 761, 719, 7956,
+        ],
+    ),
+    (
+        "The three primary colors are",
+        &[
+            260, 3003, 4683, 282, 260, 35526, 2380, 1743, 28, 527, 359, 42, 198, 198, 26, 3950,
+            365, 66, 727, 378, 3003, 2380, 338, 314,
+        ],
+    ),
+    (
+        "Water boils at a temperature of",
+        &[
+            1130, 216, 33, 28, 32, 32, 32, 4742, 51, 28, 1625, 357, 253, 3452, 5678, 284, 38255,
+            6235, 30, 198, 198, 504, 768, 2765,
+        ],
+    ),
+    (
+        "import numpy as np\n",
+        &[
+            2017, 14671, 30, 20682, 347, 7088, 198, 198, 1604, 7529, 79, 18938, 79, 9818, 24,
+            17874, 727, 472, 1003, 2028, 24, 17874, 25, 2272,
+        ],
+    ),
+    (
+        "Photosynthesis is the process by which",
+        &[
+            2109, 7728, 8118, 618, 1439, 30, 669, 980, 3445, 253, 3086, 282, 2819, 6620, 338, 1188,
+            1379, 281, 260, 3711, 282, 2109, 30, 378,
+        ],
+    ),
+    (
+        "1, 2, 3, 4, 5,",
+        &[
+            216, 38, 28, 216, 39, 28, 216, 40, 28, 216, 41, 28, 216, 33, 32, 28, 216, 33, 33, 28,
+            216, 33, 34, 28,
+        ],
+    ),
+    (
+        "The largest planet in our solar system is",
+        &[
+            14713, 28, 564, 357, 506, 441, 260, 805, 582, 30, 1385, 359, 800, 550, 9244, 281, 653,
+            3693, 817, 28, 284, 502, 2316, 511,
+        ],
+    ),
+    (
+        "To make a cup of tea, first",
+        &[
+            28, 339, 737, 288, 5697, 260, 1267, 30, 339, 737, 288, 17663, 357, 28, 284, 965, 339,
+            737, 288, 18244, 357, 618, 260, 44328,
+        ],
+    ),
+    (
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+        &[504, 2988, 314, 42, 216, 36, 2],
+    ),
+    (
+        "The quick brown fox",
+        &[
+            351, 253, 2365, 6354, 7012, 30, 198, 198, 504, 2798, 6330, 314, 253, 8170, 1183, 282,
+            253, 4500, 26997, 34631, 28, 837, 827, 1924,
+        ],
+    ),
+];
 
 #[test]
 fn greedy_continuations_match_llama_cpp() {
     let e = engine(EngineConfig::default());
-    for (prompt, want) in KNOWN {
-        assert_eq!(e.prompt_tokens(&text(prompt)).unwrap().len(), 5);
-        let out = e
-            .generate_blocking(greedy(text(prompt), want.len() as u32))
-            .unwrap();
-        assert_eq!(
-            out.token_ids, *want,
-            "prompt {prompt:?} gave {:?}",
-            out.text
-        );
-        assert_eq!(out.finish, Some(FinishReason::Length));
-    }
+    assert_eq!(
+        e.prompt_tokens(&text("The capital of France is")).unwrap(),
+        [504, 3575, 282, 4649, 314]
+    );
+    // The reference case, exactly.
     let out = e
         .generate_blocking(greedy(text("The capital of France is"), 14))
         .unwrap();
     assert_eq!(
+        out.token_ids,
+        [
+            7042, 30, 198, 198, 504, 1797, 1918, 553, 253, 2155, 282, 4723, 216, 35
+        ]
+    );
+    assert_eq!(
         out.text,
         " Paris.\n\nThe United States has a population of approximately 3"
     );
+
+    // The wider table: equal up to the first near-tie. Two engines that quantize
+    // activations differently may pick either of two tokens whose logits are within
+    // NEAR_TIE of each other; past that point the texts legitimately part.
+    const NEAR_TIE: f32 = 0.2;
+    let mut report = Vec::new();
+    let (mut total_agreed, mut total) = (0, 0);
+    for (prompt, want) in KNOWN {
+        let (ids, margins) = greedy_with_margins(prompt, want.len());
+        let agreed = ids.iter().zip(*want).take_while(|(a, b)| a == b).count();
+        // Where the two part, our top two logits must be within NEAR_TIE.
+        let margin = margins.get(agreed).copied().unwrap_or(f32::INFINITY);
+        report.push(format!(
+            "{prompt:?}: {agreed}/{} equal, margin there {margin:.3}",
+            want.len()
+        ));
+        assert!(
+            agreed == want.len() || margin < NEAR_TIE,
+            "{prompt:?}: differs at token {agreed} with margin {margin:.3}: {ids:?} vs {want:?}"
+        );
+        total_agreed += agreed;
+        total += want.len();
+    }
+    // And most of the table agrees outright.
+    assert!(
+        total_agreed * 2 > total,
+        "only {total_agreed} of {total} tokens agree"
+    );
+    println!("{}", report.join("\n"));
+}
+
+/// Greedy decoding straight on the CPU backend, with each step's top-1/top-2 logit gap.
+fn greedy_with_margins(prompt: &str, n: usize) -> (Vec<u32>, Vec<f32>) {
+    use meridian_engine::backend::{Backend, Batch, BatchSeq, cpu::CpuBackend};
+    use meridian_engine::model::checkpoint::Checkpoint;
+    let ckpt = Checkpoint::open(&model_path()).unwrap();
+    let config = ckpt.config().unwrap();
+    let tokenizer = ckpt.tokenizer().unwrap();
+    let vocab = config.vocab_size;
+    let mut backend = CpuBackend::load(ckpt.weights(), config, 16, 8, 0, &mut |_| {}).unwrap();
+    let table: Vec<u32> = (0..8).collect();
+    let mut tokens = tokenizer.encode(prompt, true).unwrap();
+    let mut logits = vec![0f32; vocab];
+    let (mut ids, mut margins) = (Vec::new(), Vec::new());
+    let mut start = 0;
+    for _ in 0..n {
+        let chunk = &tokens[start..];
+        let seqs = [BatchSeq {
+            start,
+            len: chunk.len(),
+            block_table: &table,
+            logits: true,
+        }];
+        backend
+            .step(
+                &Batch {
+                    tokens: chunk,
+                    seqs: &seqs,
+                },
+                &mut logits,
+            )
+            .unwrap();
+        start = tokens.len();
+        let mut order: Vec<usize> = (0..vocab).collect();
+        order.select_nth_unstable_by(1, |&a, &b| logits[b].total_cmp(&logits[a]));
+        let (best, second) = if logits[order[0]] >= logits[order[1]] {
+            (order[0], order[1])
+        } else {
+            (order[1], order[0])
+        };
+        ids.push(best as u32);
+        margins.push(logits[best] - logits[second]);
+        tokens.push(best as u32);
+    }
+    (ids, margins)
 }
 
 /// Prompts of mixed lengths for the batch tests.
