@@ -6,3 +6,4 @@ pub mod assets;
 pub mod config;
 pub mod grpc;
 pub mod telemetry;
+pub mod up;

@@ -5,6 +5,14 @@
 //! call exactly what production runs. Depends on `meridian-proto` only.
 
 pub mod config;
+pub mod dispatch;
+pub mod fleet;
+pub mod metrics;
+pub mod openai;
+pub mod score;
+pub mod server;
+pub mod source;
+pub mod state;
 
 pub use config::RouterConfig;
 

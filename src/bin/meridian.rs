@@ -269,8 +269,8 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         "model file {} does not exist",
         model.display()
     );
-    println!("model ready: {}", model.display());
-    not_implemented("`meridian up` (the engine, PoP agents and router)", 10)
+    meridian::up::run(cfg, &model).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn control(args: RoleArgs) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,115 @@
+//! The router's view of the fleet: every worker with where it is, what it serves and its
+//! last reported load, in flat arrays for the scorer. A new view is built off the
+//! request path and swapped in atomically (`arc_swap`); requests read whichever view
+//! is current without locks.
+
+use std::collections::HashMap;
+
+use meridian_proto::catalog::Catalog;
+
+/// A worker's load as last reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Load {
+    /// Requests waiting for admission.
+    pub queue_depth: u32,
+    /// Sequences running.
+    pub running: u32,
+    /// Sequences it can run at once.
+    pub max_running: u32,
+    pub kv_blocks_free: u32,
+    pub kv_blocks_total: u32,
+    /// Mean engine step time, milliseconds (0: unknown).
+    pub mean_step_ms: f32,
+    /// Prefill speed, prompt tokens per second (0: unknown).
+    pub prompt_tokens_per_second: f32,
+}
+
+/// One worker as the router sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Worker {
+    /// Catalog site of its PoP.
+    pub pop: String,
+    /// Index of `pop` in the catalog (the RTT table's column).
+    pub site_index: usize,
+    pub jurisdiction: String,
+    pub worker_id: String,
+    /// gRPC endpoint of its `Worker` service.
+    pub endpoint: String,
+    /// The model resident on it.
+    pub model: String,
+    /// Model loaded and serving.
+    pub warm: bool,
+    /// Reachable at its last check.
+    pub healthy: bool,
+    /// Cordoned or draining PoP: no new requests.
+    pub cordoned: bool,
+    pub load: Load,
+}
+
+/// An immutable snapshot of the fleet.
+#[derive(Debug, Clone, Default)]
+pub struct FleetView {
+    /// Fleet revision this view reflects.
+    pub revision: u64,
+    pub workers: Vec<Worker>,
+    /// Model id -> indexes into `workers`.
+    by_model: HashMap<String, Vec<u32>>,
+}
+
+impl FleetView {
+    pub fn new(revision: u64, workers: Vec<Worker>) -> Self {
+        let mut by_model: HashMap<String, Vec<u32>> = HashMap::new();
+        for (i, w) in workers.iter().enumerate() {
+            by_model.entry(w.model.clone()).or_default().push(i as u32);
+        }
+        Self {
+            revision,
+            workers,
+            by_model,
+        }
+    }
+
+    /// Workers that have `model` resident (any state).
+    pub fn serving(&self, model: &str) -> &[u32] {
+        self.by_model.get(model).map_or(&[], Vec::as_slice)
+    }
+
+    /// Model ids with at least one warm worker, sorted.
+    pub fn models(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .by_model
+            .iter()
+            .filter(|(_, ws)| ws.iter().any(|&i| self.workers[i as usize].warm))
+            .map(|(m, _)| m.clone())
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// Round trips between every pair of catalog sites, milliseconds, computed once.
+#[derive(Debug, Clone)]
+pub struct RttTable {
+    n: usize,
+    ms: Vec<f32>,
+}
+
+impl RttTable {
+    pub fn from_catalog(catalog: &Catalog) -> Self {
+        let sites = catalog.sites();
+        let n = sites.len();
+        let mut ms = vec![0f32; n * n];
+        for (i, a) in sites.iter().enumerate() {
+            for (j, b) in sites.iter().enumerate() {
+                ms[i * n + j] = a.rtt_ms_to(b) as f32;
+            }
+        }
+        Self { n, ms }
+    }
+
+    /// Estimated RTT from site `from` to site `to` (catalog indexes).
+    #[inline]
+    pub fn get(&self, from: usize, to: usize) -> f32 {
+        self.ms[from * self.n + to]
+    }
+}

@@ -1,0 +1,123 @@
+//! The router's shared state: configuration, the current fleet view with this router's
+//! in-flight counts, the RTT table, pooled worker clients, metrics.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use arc_swap::ArcSwap;
+use meridian_proto::catalog::Catalog;
+use meridian_proto::worker::v1::worker_client::WorkerClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::fleet::{FleetView, RttTable};
+use crate::{RouterConfig, RouterError};
+
+/// A fleet view and, per worker, the requests this router has outstanding on it.
+pub struct Fleet {
+    pub view: FleetView,
+    pub in_flight: Vec<AtomicU32>,
+}
+
+impl Fleet {
+    pub fn new(view: FleetView) -> Self {
+        let in_flight = (0..view.workers.len()).map(|_| AtomicU32::new(0)).collect();
+        Self { view, in_flight }
+    }
+
+    /// In-flight counts as plain numbers for the scorer.
+    pub fn in_flight_snapshot(&self, out: &mut Vec<u32>) {
+        out.clear();
+        out.extend(self.in_flight.iter().map(|c| c.load(Ordering::Relaxed)));
+    }
+}
+
+/// Everything a request handler reads.
+pub struct RouterState {
+    pub config: RouterConfig,
+    pub catalog: &'static Catalog,
+    pub rtt: RttTable,
+    /// Catalog index of the router's own site.
+    pub site_index: usize,
+    fleet: ArcSwap<Fleet>,
+    clients: std::sync::Mutex<HashMap<String, WorkerClient<Channel>>>,
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// API key SHA-256 (hex) -> index into `config.api_keys`.
+    pub keys: HashMap<String, usize>,
+}
+
+impl RouterState {
+    pub fn new(
+        config: RouterConfig,
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> Result<Self, RouterError> {
+        config.validate()?;
+        let catalog = Catalog::builtin();
+        let site_index = catalog
+            .sites()
+            .iter()
+            .position(|s| s.id == config.site)
+            .ok_or_else(|| {
+                RouterError::Config(format!("site {} is not in the catalog", config.site))
+            })?;
+        let keys = config
+            .api_keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.sha256.to_ascii_lowercase(), i))
+            .collect();
+        Ok(Self {
+            rtt: RttTable::from_catalog(catalog),
+            catalog,
+            site_index,
+            fleet: ArcSwap::from_pointee(Fleet::new(FleetView::default())),
+            clients: std::sync::Mutex::new(HashMap::new()),
+            metrics,
+            keys,
+            config,
+        })
+    }
+
+    /// The current fleet.
+    pub fn fleet(&self) -> Arc<Fleet> {
+        self.fleet.load_full()
+    }
+
+    /// Swaps in a new view; in-flight counts carry over for workers still present.
+    pub fn set_view(&self, view: FleetView) {
+        let old = self.fleet.load();
+        let next = Fleet::new(view);
+        for (i, w) in next.view.workers.iter().enumerate() {
+            if let Some(j) = old
+                .view
+                .workers
+                .iter()
+                .position(|o| o.endpoint == w.endpoint)
+            {
+                next.in_flight[i]
+                    .store(old.in_flight[j].load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+        self.fleet.store(Arc::new(next));
+    }
+
+    /// A client for a worker endpoint; channels connect lazily and are shared.
+    pub fn client(&self, endpoint: &str) -> Result<WorkerClient<Channel>, RouterError> {
+        let mut clients = self
+            .clients
+            .lock()
+            .map_err(|_| RouterError::Config("client pool poisoned".into()))?;
+        if let Some(c) = clients.get(endpoint) {
+            return Ok(c.clone());
+        }
+        let channel = Endpoint::from_shared(endpoint.to_string())
+            .map_err(|e| RouterError::Config(format!("bad worker endpoint {endpoint}: {e}")))?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let client =
+            WorkerClient::new(channel).max_decoding_message_size(meridian_proto::MAX_MESSAGE_BYTES);
+        clients.insert(endpoint.to_string(), client.clone());
+        Ok(client)
+    }
+}
