@@ -36,6 +36,7 @@ async fn start_worker(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (reporter, health) = grpc::health();
+    let (reflection_v1, reflection_v1alpha) = grpc::reflection()?;
     reporter.set_serving::<WorkerServer<WorkerService>>().await;
     let mut stop = stop;
     tokio::spawn(async move {
