@@ -42,6 +42,8 @@ async fn start_worker(
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
             .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(
                 WorkerServer::new(service)
                     .max_decoding_message_size(meridian_proto::MAX_MESSAGE_BYTES),
