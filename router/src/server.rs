@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -139,8 +139,9 @@ async fn generate_inner(
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        && len > limit
+        && len > limit.saturating_mul(DRAIN_FACTOR)
     {
+        // Far too large to be worth reading: answer now and let the connection close.
         return Err(ApiError::payload_too_large(limit));
     }
     // Region and jurisdiction headers, before the body is consumed.
@@ -171,19 +172,7 @@ async fn generate_inner(
     });
     let jurisdictions = intersect(&asked, policy)?;
 
-    let body = Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                ApiError::payload_too_large(limit)
-            } else {
-                ApiError::bad_request(format!("cannot read the request body: {e}"), None)
-            }
-        })?;
-    let body = body.to_bytes();
+    let body = read_body(req.into_body(), limit).await?;
     let request = match endpoint {
         Endpoint::Chat => openai::parse_chat(&body)?,
         Endpoint::Completion => openai::parse_completion(&body)?,
@@ -230,6 +219,41 @@ async fn generate_inner(
             .await
             .map_err(|_| ApiError::unavailable("timed out waiting for the completion"))?
     }
+}
+
+/// Bodies up to this many times the limit are read to the end (and dropped) before a
+/// 413, so the client gets the answer instead of a reset connection mid-upload.
+const DRAIN_FACTOR: usize = 16;
+/// Time allowed to receive a request body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads the body, keeping at most `limit` bytes; a longer body is drained (up to
+/// `DRAIN_FACTOR` times the limit) and refused with 413.
+async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    let read = async {
+        let mut kept = Vec::new();
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::bad_request(format!("cannot read the request body: {e}"), None)
+            })?;
+            if let Some(data) = frame.data_ref() {
+                seen += data.len();
+                if seen <= limit {
+                    kept.extend_from_slice(data);
+                } else if seen > limit.saturating_mul(DRAIN_FACTOR) {
+                    break;
+                }
+            }
+        }
+        if seen > limit {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        Ok(Bytes::from(kept))
+    };
+    tokio::time::timeout(BODY_TIMEOUT, read)
+        .await
+        .map_err(|_| ApiError::bad_request("timed out reading the request body", None))?
 }
 
 /// Requested jurisdictions intersected with the key's policy. Both empty: any.
