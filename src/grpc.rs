@@ -34,3 +34,36 @@ pub fn reflection() -> anyhow::Result<(
         .context("cannot build the reflection service")?;
     Ok((v1, v1alpha))
 }
+
+/// Serves `routes` (one Meridian service, named `service_name` for health checks) with
+/// the health service, reflection and the message-size limit already set on the
+/// service, on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    routes: tonic::service::Routes,
+    service_name: &str,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (reporter, health) = health();
+    reporter
+        .set_service_status(service_name, tonic_health::ServingStatus::Serving)
+        .await;
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
+    tonic::transport::Server::builder()
+        .add_routes(routes)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .context("gRPC server failed")
+}
+
+/// Resolves on Ctrl-C (or SIGINT), logging the shutdown.
+pub async fn ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("shutting down");
+}

@@ -35,27 +35,22 @@ async fn start_worker(
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let (reporter, health) = grpc::health();
-    let (reflection_v1, reflection_v1alpha) = grpc::reflection()?;
-    reporter.set_serving::<WorkerServer<WorkerService>>().await;
+    let service =
+        WorkerServer::new(service).max_decoding_message_size(meridian_proto::MAX_MESSAGE_BYTES);
+    let name = <WorkerServer<WorkerService> as tonic::server::NamedService>::NAME;
     let mut stop = stop;
     tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .add_service(health)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(
-                WorkerServer::new(service)
-                    .max_decoding_message_size(meridian_proto::MAX_MESSAGE_BYTES),
-            )
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
-            )
-            .await;
-        if let Err(e) = served {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = grpc::serve(
+            listener,
+            tonic::service::Routes::new(service),
+            name,
+            shutdown,
+        )
+        .await
+        {
             tracing::error!(error = %e, "worker server failed");
         }
     });

@@ -288,30 +288,19 @@ async fn control(args: RoleArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot bind {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let (reporter, health) = grpc::health();
-    let (reflection_v1, reflection_v1alpha) = grpc::reflection()?;
     let service = ControlPlaneServer::new(meridian_placement::service::ControlPlaneService::new(
         cfg.clone(),
     ))
     .max_decoding_message_size(meridian_proto::MAX_MESSAGE_BYTES);
-    reporter
-        .set_serving::<ControlPlaneServer<meridian_placement::service::ControlPlaneService>>()
-        .await;
     println!("control plane listening on http://{addr}");
-    tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(service)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async {
-                let _ = tokio::signal::ctrl_c().await;
-                tracing::info!("shutting down");
-            },
-        )
-        .await
-        .context("control-plane server failed")?;
+    let name = <ControlPlaneServer<meridian_placement::service::ControlPlaneService> as tonic::server::NamedService>::NAME;
+    grpc::serve(
+        listener,
+        tonic::service::Routes::new(service),
+        name,
+        grpc::ctrl_c(),
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -447,28 +436,18 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot bind {}", cfg.worker_listen))?;
     let addr = listener.local_addr()?;
-    let (reporter, health) = grpc::health();
-    let (reflection_v1, reflection_v1alpha) = grpc::reflection()?;
     type Server = meridian_proto::worker::v1::worker_server::WorkerServer<
         meridian_engine::service::WorkerService,
     >;
-    reporter.set_serving::<Server>().await;
     println!("worker serving {model_id} on http://{addr}");
-    tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(
-            Server::new(service).max_decoding_message_size(meridian_proto::MAX_MESSAGE_BYTES),
-        )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async {
-                let _ = tokio::signal::ctrl_c().await;
-                tracing::info!("shutting down");
-            },
-        )
-        .await
-        .context("worker server failed")?;
+    let service = Server::new(service).max_decoding_message_size(meridian_proto::MAX_MESSAGE_BYTES);
+    let name = <Server as tonic::server::NamedService>::NAME;
+    grpc::serve(
+        listener,
+        tonic::service::Routes::new(service),
+        name,
+        grpc::ctrl_c(),
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
