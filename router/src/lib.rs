@@ -4,6 +4,7 @@
 //! admission. Scoring is plain code over flat arrays so the simulator and the benches
 //! call exactly what production runs. Depends on `meridian-proto` only.
 
+pub mod admission;
 pub mod config;
 pub mod dispatch;
 pub mod fleet;

@@ -34,7 +34,13 @@ fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) 
 fn error(e: &ApiError) -> Response<Body> {
     metrics::counter!(crate::metrics::REFUSED_TOTAL, "status" => e.status.to_string()).increment(1);
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    full(status, "application/json", e.body())
+    let mut r = full(status, "application/json", e.body());
+    if let Some(secs) = e.retry_after
+        && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+    {
+        r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+    }
+    r
 }
 
 /// Serves one request.
@@ -134,6 +140,17 @@ async fn generate_inner(
     started: Instant,
 ) -> Result<Response<Body>, ApiError> {
     let key = authenticate(state, &req)?;
+    if let Some(limit) = key.and_then(|i| state.limits[i].as_ref()) {
+        let now = state.epoch.elapsed().as_nanos() as u64;
+        if let Err(wait) = limit.check(now) {
+            let secs = crate::admission::retry_after_secs(wait);
+            return Err(ApiError::rate_limited(format!(
+                "rate limit of {} requests per second for this API key exceeded; retry after {secs} s",
+                state.config.api_keys[key.unwrap_or_default()].rate_limit_rps
+            ))
+            .with_retry_after(secs));
+        }
+    }
     let limit = state.config.max_body_bytes;
     if let Some(len) = req
         .headers()

@@ -10,7 +10,13 @@ use meridian_proto::catalog::Catalog;
 use meridian_proto::worker::v1::worker_client::WorkerClient;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::admission::RateLimit;
 use crate::fleet::{FleetView, RttTable};
+
+/// Burst allowed on top of a key's rate: one second's worth, at least one request.
+fn burst(rate: f64) -> u32 {
+    rate.ceil().clamp(1.0, 10_000.0) as u32
+}
 use crate::{RouterConfig, RouterError};
 
 /// A fleet view and, per worker, the requests this router has outstanding on it.
@@ -44,6 +50,10 @@ pub struct RouterState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// API key SHA-256 (hex) -> index into `config.api_keys`.
     pub keys: HashMap<String, usize>,
+    /// Per key (same index), its rate limit if it has one.
+    pub limits: Vec<Option<RateLimit>>,
+    /// Origin of the admission clock.
+    pub epoch: std::time::Instant,
 }
 
 impl RouterState {
@@ -74,6 +84,15 @@ impl RouterState {
             clients: std::sync::Mutex::new(HashMap::new()),
             metrics,
             keys,
+            limits: config
+                .api_keys
+                .iter()
+                .map(|k| {
+                    (k.rate_limit_rps > 0.0)
+                        .then(|| RateLimit::new(k.rate_limit_rps, burst(k.rate_limit_rps)))
+                })
+                .collect(),
+            epoch: std::time::Instant::now(),
             config,
         })
     }

@@ -30,6 +30,8 @@ pub struct ApiError {
     pub param: Option<String>,
     /// Machine-readable code (`model_not_found`, `invalid_api_key`, ...).
     pub code: Option<String>,
+    /// Seconds for a `Retry-After` header (429 and 503).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -40,7 +42,14 @@ impl ApiError {
             kind,
             param: None,
             code: None,
+            retry_after: None,
         }
+    }
+
+    /// Adds a `Retry-After` hint, in seconds.
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     fn with_code(mut self, code: &str) -> Self {
