@@ -6,6 +6,7 @@
 //! configuration is validated before anything starts. `deploy/*.toml` are the documented
 //! templates; a test checks that they parse to the defaults.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -32,7 +33,11 @@ impl Default for UpConfig {
     fn default() -> Self {
         Self {
             pops: vec!["IAD".into(), "AMS".into(), "SIN".into()],
-            control: ControlConfig::default(),
+            control: ControlConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                metrics_listen: None,
+                ..Default::default()
+            },
             router: RouterConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                 ..Default::default()
@@ -68,8 +73,15 @@ pub struct PopConfig {
     pub pop_id: String,
     /// Control-plane gRPC endpoints, tried in order.
     pub control_endpoints: Vec<String>,
-    /// gRPC listen address of the worker service.
+    /// gRPC listen address of the first worker; worker `i` listens on port + i (port 0:
+    /// free ports).
     pub worker_listen: SocketAddr,
+    /// Host routers reach the workers at; none: the listen address's IP.
+    pub advertise_host: Option<String>,
+    /// CPU engine workers this PoP hosts.
+    pub workers: usize,
+    /// Site labels that placement policy matches (e.g. tier = "core").
+    pub labels: BTreeMap<String, String>,
     /// Prometheus `/metrics` listen address.
     pub metrics_listen: Option<SocketAddr>,
     pub engine: EngineConfig,
@@ -81,6 +93,9 @@ impl Default for PopConfig {
             pop_id: "IAD".into(),
             control_endpoints: vec!["http://127.0.0.1:50051".into()],
             worker_listen: SocketAddr::from(([127, 0, 0, 1], 50061)),
+            advertise_host: None,
+            workers: 1,
+            labels: BTreeMap::new(),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9092))),
             engine: EngineConfig::default(),
         }
@@ -99,6 +114,11 @@ impl PopConfig {
         anyhow::ensure!(
             !self.control_endpoints.is_empty(),
             "control_endpoints is empty"
+        );
+        anyhow::ensure!(
+            (1..=64).contains(&self.workers),
+            "workers must be 1..=64, got {}",
+            self.workers
         );
         self.engine.validate()?;
         Ok(())

@@ -4,6 +4,8 @@
 
 pub mod assets;
 pub mod config;
+pub mod control;
 pub mod grpc;
+pub mod pop;
 pub mod telemetry;
 pub mod up;

@@ -93,13 +93,21 @@ async fn control_plane_serves_health_reflection_and_metrics() {
     };
     assert!(!files.file_descriptor_proto.is_empty());
 
-    // The generated service answers; unbuilt RPCs say so clearly.
-    let err = ControlPlaneClient::new(channel)
+    // The service answers: a registration naming no catalog PoP is refused with the
+    // reason, and RPCs of the placement solver (not built yet) say so clearly.
+    let mut client = ControlPlaneClient::new(channel);
+    let err = client
         .register(RegisterRequest::default())
         .await
         .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(err.message().contains("catalog"), "{}", err.message());
+    let err = client
+        .get_policy(meridian_proto::control::v1::GetPolicyRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(err.message().contains("Register"), "{}", err.message());
+    assert!(err.message().contains("GetPolicy"), "{}", err.message());
 
     // meridianctl's health check agrees.
     let out = meridianctl()

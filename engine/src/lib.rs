@@ -3,7 +3,8 @@
 //! Model loading (GGUF), the tokenizer, the paged KV cache with prefix caching, the
 //! continuous-batching scheduler with chunked prefill, sampling, the backends that run
 //! one step on a batch (`cpu`; `cuda` to come behind a cargo feature), the step loop
-//! ([`Engine`]) and the `meridian.worker.v1.Worker` gRPC service.
+//! ([`Engine`]), the worker slot whose model loads, unloads and drains at runtime
+//! ([`slot::WorkerSlot`]) and the `meridian.worker.v1.Worker` gRPC service over it.
 //!
 //! Depends on `meridian-proto` only. The scheduler and the KV block manager are sans-IO
 //! so the simulator and the benches drive them directly.
@@ -17,6 +18,7 @@ pub mod model;
 pub mod sampling;
 pub mod scheduler;
 pub mod service;
+pub mod slot;
 pub mod tokenizer;
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! `meridian.worker.v1.Worker` over tonic: the thin gRPC shell around an [`Engine`].
+//! `meridian.worker.v1.Worker` over tonic: the thin gRPC shell around a [`WorkerSlot`]
+//! and the engine it holds.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,50 +12,24 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::EngineError;
-use crate::engine::{Engine, Event, FinishReason, Input};
+use crate::engine::{Event, FinishReason, Input};
 use crate::sampling::SamplingParams;
+use crate::slot::{Admission, WorkerSlot};
 use crate::tokenizer::ChatMessage;
 
-/// A worker serving one model.
+/// A worker serving the model of its slot, whatever the slot holds at the moment.
 pub struct WorkerService {
-    engine: Arc<Engine>,
-    model_id: String,
-    max_batch_tokens: u32,
+    slot: Arc<WorkerSlot>,
 }
 
 impl WorkerService {
-    pub fn new(engine: Arc<Engine>, model_id: String, max_batch_tokens: usize) -> Self {
-        Self {
-            engine,
-            model_id,
-            max_batch_tokens: max_batch_tokens as u32,
-        }
+    pub fn new(slot: Arc<WorkerSlot>) -> Self {
+        Self { slot }
     }
 
-    /// The load figure that `Stats` returns and PoP agents forward.
-    pub fn load(&self) -> pb::WorkerLoad {
-        let s = self.engine.stats();
-        pb::WorkerLoad {
-            queue_depth: s.waiting as u32,
-            running_sequences: s.running as u32,
-            kv_blocks_free: s.kv_blocks_free as u32,
-            kv_blocks_total: s.kv_blocks_total as u32,
-            kv_block_size: s.kv_block_size as u32,
-            prefix_cache_hit_rate: s.prefix_hit_rate,
-            prompt_tokens_per_second: s.prompt_tokens_per_second,
-            generation_tokens_per_second: s.generation_tokens_per_second,
-            prefix_summary: Some(pb::PrefixSummary {
-                block_size: s.kv_block_size as u32,
-                truncated: s.cached_block_hashes.len() >= 256,
-                block_hashes: s.cached_block_hashes,
-            }),
-            gpu_memory_bytes_total: 0,
-            gpu_memory_bytes_used: 0,
-            max_batch_tokens: self.max_batch_tokens,
-            mean_step_ms: s.mean_step_ms,
-            queued_prompt_tokens: 0,
-            max_running_sequences: self.engine.max_running() as u32,
-        }
+    /// The slot the PoP agent loads, unloads and drains.
+    pub fn slot(&self) -> &Arc<WorkerSlot> {
+        &self.slot
     }
 }
 
@@ -126,15 +101,23 @@ impl Worker for WorkerService {
         request: Request<pb::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
         let req = request.into_inner();
-        if req.model != self.model_id {
+        // Not WARM: UNAVAILABLE, so routers try another worker before the first token.
+        let Admission {
+            engine,
+            model_id,
+            in_flight,
+        } = self
+            .slot
+            .admit()
+            .map_err(|refused| Status::unavailable(refused.to_string()))?;
+        if req.model != model_id {
             return Err(Status::invalid_argument(format!(
                 "model {:?} is not served by this worker (it serves {:?})",
-                req.model, self.model_id
+                req.model, model_id
             )));
         }
         let request_id = req.request_id.clone();
         let engine_request = request_of(req)?;
-        let engine = self.engine.clone();
         // Tokenizing a long prompt takes a while: keep it off the async threads.
         let events = tokio::task::spawn_blocking(move || engine.submit(engine_request))
             .await
@@ -142,32 +125,48 @@ impl Worker for WorkerService {
             .map_err(status_of)?;
         tracing::debug!(request_id, "generation started");
         // The engine drops its sender after `Finished`, which ends the stream; a client
-        // that goes away drops `events`, which cancels the sequence.
-        let stream = UnboundedReceiverStream::new(events).map(|event| {
-            Ok(match event {
-                Event::Token { id, text, logprob } => pb::GenerateResponse {
+        // that goes away drops `events`, which cancels the sequence. The call counts as
+        // in flight (a drain waits for it) until `Finished` or the stream is dropped. A
+        // stream that ends without `Finished` lost its engine to an unload.
+        let mut in_flight = Some(in_flight);
+        let mut finished = false;
+        let stream = UnboundedReceiverStream::new(events)
+            .map(Some)
+            .chain(tokio_stream::once(None))
+            .filter_map(move |event| match event {
+                Some(Event::Token { id, text, logprob }) => Some(Ok(pb::GenerateResponse {
                     text,
                     token_ids: vec![id],
                     logprobs: logprob.into_iter().collect(),
                     ..Default::default()
-                },
-                Event::Finished {
+                })),
+                Some(Event::Finished {
                     reason,
                     usage,
                     text,
-                } => pb::GenerateResponse {
-                    text,
-                    finish_reason: finish_reason(reason) as i32,
-                    usage: Some(pb::Usage {
-                        prompt_tokens: usage.prompt_tokens,
-                        completion_tokens: usage.completion_tokens,
-                        cached_prompt_tokens: usage.cached_prompt_tokens,
-                        queue_ms: 0,
-                    }),
-                    ..Default::default()
-                },
-            })
-        });
+                }) => {
+                    finished = true;
+                    drop(in_flight.take());
+                    Some(Ok(pb::GenerateResponse {
+                        text,
+                        finish_reason: finish_reason(reason) as i32,
+                        usage: Some(pb::Usage {
+                            prompt_tokens: usage.prompt_tokens,
+                            completion_tokens: usage.completion_tokens,
+                            cached_prompt_tokens: usage.cached_prompt_tokens,
+                            queue_ms: 0,
+                        }),
+                        ..Default::default()
+                    }))
+                }
+                None if finished => None,
+                None => {
+                    drop(in_flight.take());
+                    Some(Err(Status::aborted(
+                        "the model was unloaded before the generation finished",
+                    )))
+                }
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -175,19 +174,36 @@ impl Worker for WorkerService {
         &self,
         _request: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthResponse>, Status> {
-        let c = self.engine.model_config();
+        let view = self.slot.view();
+        let (models, detail) = match (view.state, &view.engine, view.model_id) {
+            (pb::WorkerState::Warm | pb::WorkerState::Draining, Some(engine), Some(id)) => {
+                let c = engine.model_config();
+                let model = pb::ModelInfo {
+                    id,
+                    context_length: c.context_length as u32,
+                    weight_bytes: engine.weight_bytes() as u64,
+                    vocab_size: c.vocab_size as u32,
+                    architecture: c.architecture.clone(),
+                    load_progress: 1.0,
+                    kv_bytes_per_token: c.kv_bytes_per_token() as u64,
+                };
+                (vec![model], engine.describe().to_string())
+            }
+            (pb::WorkerState::Loading, _, Some(id)) => {
+                let model = pb::ModelInfo {
+                    id,
+                    load_progress: self.slot.load_progress(),
+                    ..Default::default()
+                };
+                (vec![model], String::new())
+            }
+            (pb::WorkerState::Failed, ..) => (Vec::new(), view.detail),
+            _ => (Vec::new(), String::new()),
+        };
         Ok(Response::new(pb::HealthResponse {
-            state: pb::WorkerState::Warm as i32,
-            models: vec![pb::ModelInfo {
-                id: self.model_id.clone(),
-                context_length: c.context_length as u32,
-                weight_bytes: self.engine.weight_bytes() as u64,
-                vocab_size: c.vocab_size as u32,
-                architecture: c.architecture.clone(),
-                load_progress: 1.0,
-                kv_bytes_per_token: c.kv_bytes_per_token() as u64,
-            }],
-            detail: self.engine.describe().to_string(),
+            state: view.state as i32,
+            models,
+            detail,
         }))
     }
 
@@ -196,7 +212,7 @@ impl Worker for WorkerService {
         _request: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
         Ok(Response::new(pb::StatsResponse {
-            load: Some(self.load()),
+            load: Some(self.slot.load_figure()),
         }))
     }
 }

@@ -1,5 +1,6 @@
 //! The engine on the real SmolLM2-135M-Instruct Q4_1: known greedy continuations, batch
-//! invariance, chunked prefill, prefix caching, preemption and bad requests.
+//! invariance, chunked prefill, prefix caching, preemption, bad requests, and a worker
+//! slot loading, draining and reloading the model.
 //! `scripts/test` fetches the model first; these tests fail if it is missing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -7,9 +8,14 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use meridian_engine::service::WorkerService;
+use meridian_engine::slot::WorkerSlot;
 use meridian_engine::{
-    Engine, EngineConfig, EngineError, FinishReason, Input, Request, SamplingParams,
+    Engine, EngineConfig, EngineError, Event, FinishReason, Input, Request, SamplingParams,
 };
+use meridian_proto::worker::v1 as pb;
+use meridian_proto::worker::v1::worker_server::Worker;
+use tokio_stream::StreamExt;
 
 fn model_path() -> PathBuf {
     let cache = std::env::var_os("MERIDIAN_CACHE_DIR")
@@ -397,4 +403,172 @@ fn seeded_sampling_is_reproducible_and_stop_strings_end_generation() {
     let out = e.generate_blocking(r).unwrap();
     assert_eq!(out.text, " Paris.\n\nThe ");
     assert_eq!(out.finish, Some(FinishReason::Stop));
+}
+
+const MODEL_ID: &str = "SmolLM2-135M-Instruct";
+
+/// Loads the real model into `slot` off the async threads.
+async fn load_into(slot: &Arc<WorkerSlot>) {
+    let (slot, path) = (slot.clone(), model_path());
+    tokio::task::spawn_blocking(move || slot.load(MODEL_ID, &path))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Waits (at most 5 s) until the slot is DRAINING.
+async fn until_draining(slot: &WorkerSlot) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while slot.state() != pb::WorkerState::Draining {
+        assert!(std::time::Instant::now() < deadline, "{:?}", slot.state());
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_drains_after_its_running_generation_and_loads_again() {
+    let slot = WorkerSlot::empty(EngineConfig::default());
+    load_into(&slot).await;
+    assert_eq!(slot.state(), pb::WorkerState::Warm);
+    assert_eq!(slot.model_id().as_deref(), Some(MODEL_ID));
+    assert_eq!(slot.load_progress(), 1.0);
+    assert!(slot.load_figure().kv_blocks_total > 0);
+
+    let engine = slot.engine().unwrap();
+    let e = engine.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        e.generate_blocking(greedy(text("The capital of France is"), 2))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(out.token_ids, [7042, 30]);
+
+    // A long generation; once its first token is out the engine's stats show it, and
+    // the drain must wait for its last.
+    let mut events = engine
+        .submit(greedy(text("Once upon a time, in a small village,"), 48))
+        .unwrap();
+    drop(engine);
+    assert!(matches!(events.recv().await, Some(Event::Token { .. })));
+    let drain = tokio::spawn({
+        let slot = slot.clone();
+        async move { slot.drain().await }
+    });
+    until_draining(&slot).await;
+    assert!(slot.admit().is_err(), "a draining slot admits nothing");
+    let mut tokens = 1;
+    let finish = loop {
+        match events.recv().await {
+            Some(Event::Token { .. }) => tokens += 1,
+            Some(Event::Finished { reason, usage, .. }) => break (reason, usage),
+            None => panic!("the generation was cut after {tokens} tokens"),
+        }
+    };
+    assert_eq!(finish.0, FinishReason::Length);
+    assert_eq!((tokens, finish.1.completion_tokens), (48, 48));
+    drain.await.unwrap().unwrap();
+    assert_eq!(slot.state(), pb::WorkerState::Unloaded);
+    assert!(slot.engine().is_none());
+    assert_eq!(slot.model_id(), None);
+    assert_eq!(slot.load_figure(), pb::WorkerLoad::default());
+
+    load_into(&slot).await;
+    assert_eq!(slot.state(), pb::WorkerState::Warm);
+    let e = slot.engine().unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        e.generate_blocking(greedy(text("The capital of France is"), 2))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(out.token_ids, [7042, 30]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_refuses_while_draining_and_finishes_what_it_admitted() {
+    let slot = WorkerSlot::with_engine(
+        EngineConfig::default(),
+        engine(EngineConfig::default()),
+        MODEL_ID.to_string(),
+    );
+    let service = WorkerService::new(slot.clone());
+    let request = pb::GenerateRequest {
+        model: MODEL_ID.to_string(),
+        input: Some(pb::generate_request::Input::Prompt(
+            "Once upon a time".to_string(),
+        )),
+        max_tokens: 32,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let wrong_model = pb::GenerateRequest {
+        model: "another-model".to_string(),
+        ..request.clone()
+    };
+    let status = service
+        .generate(tonic::Request::new(wrong_model))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(slot.in_flight(), 0);
+
+    let mut stream = service
+        .generate(tonic::Request::new(request.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    // Drain at once: the step thread may not have picked the request up yet, and the
+    // drain must still wait for it.
+    assert_eq!(slot.in_flight(), 1);
+    let drain = tokio::spawn({
+        let slot = slot.clone();
+        async move { slot.drain().await }
+    });
+    until_draining(&slot).await;
+    let status = service
+        .generate(tonic::Request::new(request))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(
+        status.message().starts_with("worker is draining"),
+        "{}",
+        status.message()
+    );
+    let health = service
+        .health(tonic::Request::new(pb::HealthRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.state(), pb::WorkerState::Draining);
+    assert_eq!(health.models[0].id, MODEL_ID);
+
+    let mut tokens = 0;
+    let mut last = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        tokens += chunk.token_ids.len();
+        last = Some(chunk);
+    }
+    let last = last.unwrap();
+    assert_eq!(last.finish_reason(), pb::FinishReason::Length);
+    assert_eq!((tokens, last.usage.unwrap().completion_tokens), (32, 32));
+    drain.await.unwrap().unwrap();
+    assert_eq!(slot.in_flight(), 0);
+    let health = service
+        .health(tonic::Request::new(pb::HealthRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.state(), pb::WorkerState::Unloaded);
+    assert!(health.models.is_empty());
+    let stats = service
+        .stats(tonic::Request::new(pb::StatsRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.load, Some(pb::WorkerLoad::default()));
 }

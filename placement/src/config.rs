@@ -45,6 +45,8 @@ impl Default for StoreConfig {
 pub struct ControlConfig {
     /// gRPC listen address of the `ControlPlane` service.
     pub listen: SocketAddr,
+    /// This replica's name in the leader election and logs; empty: `control@<listen>`.
+    pub replica_id: String,
     /// Prometheus `/metrics` listen address; none: no exporter of its own.
     pub metrics_listen: Option<SocketAddr>,
     /// How often PoP agents send load reports, milliseconds.
@@ -56,6 +58,7 @@ impl Default for ControlConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            replica_id: String::new(),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9091))),
             report_interval_ms: 250,
             store: StoreConfig::default(),

@@ -5,8 +5,15 @@
 //! reconcile loop that turns a plan into residency directives. The solver and checker
 //! never touch tokio, tonic or etcd. Depends on `meridian-proto` only.
 
+pub mod cache;
 pub mod config;
+pub mod fleet;
+pub mod leader;
+pub mod reconcile;
 pub mod service;
+pub mod store;
+/// Harness for tests and benchmarks: a real etcd in a child process.
+pub mod testing;
 
 pub use config::{ControlConfig, StoreConfig, StoreKind};
 

@@ -113,3 +113,74 @@ impl RttTable {
         self.ms[from * self.n + to]
     }
 }
+
+/// The control plane's fleet feed folded into PoP states, sans-IO: apply `FleetEvent`s
+/// in order, then build a [`FleetView`] when one is wanted.
+#[derive(Debug, Clone, Default)]
+pub struct FleetFeed {
+    /// Revision of the last event applied; where a reconnecting watch resumes.
+    pub revision: u64,
+    pops: std::collections::BTreeMap<String, meridian_proto::control::v1::PopState>,
+}
+
+impl FleetFeed {
+    /// Applies one event; a snapshot replaces everything.
+    pub fn apply(&mut self, event: meridian_proto::control::v1::FleetEvent) {
+        use meridian_proto::control::v1::fleet_event::Event;
+        self.revision = event.revision;
+        match event.event {
+            Some(Event::Snapshot(s)) => {
+                self.pops = s.pops.into_iter().map(|p| (p.pop_id.clone(), p)).collect();
+            }
+            Some(Event::PopUpserted(p)) => {
+                self.pops.insert(p.pop_id.clone(), p);
+            }
+            Some(Event::PopRemoved(id)) => {
+                self.pops.remove(&id);
+            }
+            None => {}
+        }
+    }
+
+    pub fn pop_count(&self) -> usize {
+        self.pops.len()
+    }
+
+    /// The view routers score on. PoPs outside the catalog are left out (the control
+    /// plane refuses them; a router never guesses a location).
+    pub fn view(&self, catalog: &Catalog) -> FleetView {
+        use meridian_proto::control::v1::PopStatus;
+        use meridian_proto::worker::v1::WorkerState;
+        let mut workers = Vec::new();
+        for pop in self.pops.values() {
+            let Some(site_index) = catalog.sites().iter().position(|s| s.id == pop.pop_id) else {
+                continue;
+            };
+            let cordoned = pop.status != PopStatus::Active as i32;
+            for w in &pop.workers {
+                let load = w.load.as_ref();
+                workers.push(Worker {
+                    pop: pop.pop_id.clone(),
+                    site_index,
+                    jurisdiction: pop.jurisdiction.clone(),
+                    worker_id: w.worker_id.clone(),
+                    endpoint: w.endpoint.clone(),
+                    model: w.model.clone(),
+                    warm: w.state == WorkerState::Warm as i32,
+                    healthy: true,
+                    cordoned,
+                    load: load.map_or_else(Load::default, |l| Load {
+                        queue_depth: l.queue_depth,
+                        running: l.running_sequences,
+                        max_running: l.max_running_sequences,
+                        kv_blocks_free: l.kv_blocks_free,
+                        kv_blocks_total: l.kv_blocks_total,
+                        mean_step_ms: l.mean_step_ms,
+                        prompt_tokens_per_second: l.prompt_tokens_per_second,
+                    }),
+                });
+            }
+        }
+        FleetView::new(self.revision, workers)
+    }
+}

@@ -1,15 +1,100 @@
-//! Where the fleet view comes from while the control plane's `WatchFleet` is not there:
-//! a static list of workers (what `meridian up` starts), whose load this router polls
-//! with `Worker.Stats` and `Worker.Health`. A worker that does not answer is marked
-//! unhealthy until it does again; the view is rebuilt and swapped in each round.
+//! Where the router's fleet view comes from: the control plane's `WatchFleet` feed
+//! (production), or, for a router pointed at bare workers, polling their own
+//! `Worker.Stats`/`Health`.
+//!
+//! Static stability: while no control-plane replica answers, the router keeps the last
+//! view it had and keeps routing on it; it resumes the feed from its last revision on
+//! whichever replica answers next.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use meridian_proto::control::v1 as cpb;
+use meridian_proto::control::v1::control_plane_client::ControlPlaneClient;
 use meridian_proto::worker::v1 as pb;
+use tonic::transport::Endpoint;
 
-use crate::fleet::{FleetView, Load, Worker};
+use crate::fleet::{FleetFeed, FleetView, Load, Worker};
 use crate::state::RouterState;
+
+/// Rebuilds of the view are at most this often; events in between are folded together.
+const REBUILD_EVERY: Duration = Duration::from_millis(20);
+
+/// Follows `WatchFleet` on `endpoints` (tried in turn) forever, swapping in a new view
+/// after changes.
+pub async fn watch_fleet(state: Arc<RouterState>, endpoints: Vec<String>) {
+    let mut feed = FleetFeed::default();
+    let mut next = 0usize;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let endpoint = &endpoints[next % endpoints.len().max(1)];
+        match follow(&state, endpoint, &mut feed).await {
+            Ok(()) => backoff = Duration::from_millis(100),
+            Err(e) => {
+                tracing::warn!(control = endpoint, error = %e, revision = feed.revision, "fleet watch down; routing on the last view");
+                next += 1;
+            }
+        }
+        metrics::counter!("meridian_router_fleet_watch_reconnects_total").increment(1);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn follow(
+    state: &RouterState,
+    endpoint: &str,
+    feed: &mut FleetFeed,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let channel = Endpoint::from_shared(endpoint.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .connect()
+        .await?;
+    let mut client = ControlPlaneClient::new(channel)
+        .max_decoding_message_size(meridian_proto::MAX_MESSAGE_BYTES);
+    let mut stream = client
+        .watch_fleet(cpb::WatchFleetRequest {
+            from_revision: feed.revision,
+        })
+        .await?
+        .into_inner();
+    tracing::info!(control = endpoint, from = feed.revision, "fleet watch open");
+    let mut dirty = false;
+    let mut last_build = Instant::now() - REBUILD_EVERY;
+    loop {
+        let wait = if dirty {
+            REBUILD_EVERY.saturating_sub(last_build.elapsed())
+        } else {
+            Duration::from_secs(3600)
+        };
+        match tokio::time::timeout(wait, stream.message()).await {
+            Ok(Ok(Some(event))) => {
+                if event.revision < feed.revision
+                    && !matches!(event.event, Some(cpb::fleet_event::Event::Snapshot(_)))
+                {
+                    continue;
+                }
+                feed.apply(event);
+                dirty = true;
+                if last_build.elapsed() < REBUILD_EVERY {
+                    continue;
+                }
+            }
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(status)) => return Err(Box::new(status)),
+            Err(_) => {}
+        }
+        if dirty {
+            state.set_view(feed.view(state.catalog));
+            metrics::gauge!("meridian_router_fleet_revision").set(feed.revision as f64);
+            dirty = false;
+            last_build = Instant::now();
+        }
+    }
+}
 
 /// A worker named in configuration.
 #[derive(Debug, Clone)]

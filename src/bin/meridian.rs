@@ -8,7 +8,6 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use meridian::{assets, config, grpc, telemetry};
 use meridian_placement::ControlConfig;
-use meridian_proto::control::v1::control_plane_server::ControlPlaneServer;
 use meridian_router::RouterConfig;
 
 #[derive(Parser)]
@@ -32,9 +31,9 @@ enum Command {
     /// Run a control-plane replica (the ControlPlane gRPC service).
     Control(RoleArgs),
     /// Run a PoP agent with its engine workers.
-    Pop(RoleArgs),
+    Pop(PopArgs),
     /// Run a router: the OpenAI-compatible HTTP front door.
-    Router(RoleArgs),
+    Router(RouterArgs),
     /// Run one engine worker alone (the Worker gRPC service), without a PoP agent.
     Worker(WorkerArgs),
     /// Simulate a fleet in virtual time for capacity planning.
@@ -73,6 +72,33 @@ struct RoleArgs {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+}
+
+#[derive(Args)]
+struct RouterArgs {
+    #[command(flatten)]
+    role: RoleArgs,
+    /// Control-plane endpoints (comma-separated), overriding the file.
+    #[arg(long, value_delimiter = ',')]
+    control: Option<Vec<String>>,
+    /// Catalog site this router runs at, overriding the file.
+    #[arg(long)]
+    site: Option<String>,
+}
+
+#[derive(Args)]
+struct PopArgs {
+    #[command(flatten)]
+    role: RoleArgs,
+    /// Catalog site id of this PoP, overriding the file.
+    #[arg(long)]
+    pop_id: Option<String>,
+    /// Control-plane endpoints (comma-separated), overriding the file.
+    #[arg(long, value_delimiter = ',')]
+    control: Option<Vec<String>>,
+    /// Number of CPU workers, overriding the file.
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 #[derive(Args)]
@@ -186,27 +212,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Up(args) => up(args).await,
         Command::Control(args) => control(args).await,
-        Command::Pop(args) => {
-            let cfg: config::PopConfig = config::load("pop", args.config.as_deref())?;
-            if args.print_config {
-                print!("{}", config::to_toml(&cfg)?);
-                return Ok(ExitCode::SUCCESS);
-            }
-            cfg.validate()?;
-            not_implemented("the PoP agent", 4)
-        }
-        Command::Router(args) => {
-            let mut cfg: RouterConfig = config::load("router", args.config.as_deref())?;
-            if let Some(listen) = args.listen {
-                cfg.listen = listen;
-            }
-            if args.print_config {
-                print!("{}", config::to_toml(&cfg)?);
-                return Ok(ExitCode::SUCCESS);
-            }
-            cfg.validate()?;
-            not_implemented("the router", 10)
-        }
+        Command::Pop(args) => pop(args).await,
+        Command::Router(args) => router(args).await,
         Command::Worker(args) => worker(args).await,
         Command::Sim(_) => not_implemented("the simulator", 7),
         Command::Generate(args) => generate(args).await,
@@ -248,6 +255,85 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The configured model file, or the cached SmolLM2 (fetched if missing).
+fn model_path(engine: &meridian_engine::EngineConfig) -> anyhow::Result<PathBuf> {
+    let model = match &engine.model {
+        Some(path) => path.clone(),
+        None => assets::pull(&assets::SMOLLM2, &assets::cache_dir(), &assets::python())?
+            .path()
+            .to_path_buf(),
+    };
+    anyhow::ensure!(
+        model.exists(),
+        "model file {} does not exist",
+        model.display()
+    );
+    Ok(model)
+}
+
+async fn router(args: RouterArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg: RouterConfig = config::load("router", args.role.config.as_deref())?;
+    if let Some(listen) = args.role.listen {
+        cfg.listen = listen;
+    }
+    if let Some(control) = args.control {
+        cfg.control_endpoints = control;
+    }
+    if let Some(site) = args.site {
+        cfg.site = site;
+    }
+    if args.role.print_config {
+        print!("{}", config::to_toml(&cfg)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    cfg.validate()?;
+    anyhow::ensure!(
+        !cfg.control_endpoints.is_empty(),
+        "control_endpoints is empty: the router follows the control plane's fleet feed"
+    );
+    let metrics = telemetry::install_metrics(None)?;
+    let state = std::sync::Arc::new(meridian_router::state::RouterState::new(
+        cfg.clone(),
+        Some(metrics),
+    )?);
+    let feed = tokio::spawn(meridian_router::source::watch_fleet(
+        state.clone(),
+        cfg.control_endpoints.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot bind the router on {}", cfg.listen))?;
+    println!("router listening on http://{}", listener.local_addr()?);
+    meridian_router::server::serve(state, listener, grpc::ctrl_c()).await?;
+    feed.abort();
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn pop(args: PopArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg: config::PopConfig = config::load("pop", args.role.config.as_deref())?;
+    if let Some(listen) = args.role.listen {
+        cfg.worker_listen = listen;
+    }
+    if let Some(id) = args.pop_id {
+        cfg.pop_id = id;
+    }
+    if let Some(control) = args.control {
+        cfg.control_endpoints = control;
+    }
+    if let Some(n) = args.workers {
+        cfg.workers = n;
+    }
+    if args.role.print_config {
+        print!("{}", config::to_toml(&cfg)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    cfg.validate()?;
+    telemetry::install_metrics(cfg.metrics_listen)?;
+    let model = model_path(&cfg.engine)?;
+    meridian::pop::run(cfg, model).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let mut cfg: config::UpConfig = config::load("up", args.config.as_deref())?;
     if let Some(pops) = args.pops {
@@ -284,23 +370,13 @@ async fn control(args: RoleArgs) -> anyhow::Result<ExitCode> {
     }
     cfg.validate()?;
     telemetry::install_metrics(cfg.metrics_listen)?;
+    let store = meridian::control::open_store(&cfg).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot bind {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let service = ControlPlaneServer::new(meridian_placement::service::ControlPlaneService::new(
-        cfg.clone(),
-    ))
-    .max_decoding_message_size(meridian_proto::MAX_MESSAGE_BYTES);
     println!("control plane listening on http://{addr}");
-    let name = <ControlPlaneServer<meridian_placement::service::ControlPlaneService> as tonic::server::NamedService>::NAME;
-    grpc::serve(
-        listener,
-        tonic::service::Routes::new(service),
-        name,
-        grpc::ctrl_c(),
-    )
-    .await?;
+    meridian::control::serve(cfg, store, listener, grpc::ctrl_c()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -427,11 +503,12 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot load {}", model.display()))?;
     let model_id = meridian_engine::model_id(&model);
     tracing::info!(model = %model.display(), model_id, backend = engine.describe(), "engine loaded");
-    let service = meridian_engine::service::WorkerService::new(
+    let slot = meridian_engine::slot::WorkerSlot::with_engine(
+        cfg.engine.clone(),
         std::sync::Arc::new(engine),
         model_id.clone(),
-        cfg.engine.max_batch_tokens,
     );
+    let service = meridian_engine::service::WorkerService::new(slot);
     let listener = tokio::net::TcpListener::bind(cfg.worker_listen)
         .await
         .with_context(|| format!("cannot bind {}", cfg.worker_listen))?;
