@@ -82,11 +82,21 @@ pub async fn run(
             metrics::gauge!("meridian_control_leader").set(1.0);
             tracing::info!(replica = replica_id, "became leader");
             let mut tick = tokio::time::interval(ROUND_EVERY);
+            let mut failing = false;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        if let Err(e) = round(&*store, &keys, &cache).await {
-                            tracing::warn!(error = %e, "reconcile round failed");
+                        match round(&*store, &keys, &cache).await {
+                            Ok(()) if failing => {
+                                tracing::info!("reconcile rounds succeed again");
+                                failing = false;
+                            }
+                            Ok(()) => {}
+                            Err(e) if !failing => {
+                                tracing::warn!(error = %e, "reconcile rounds failing until the store answers");
+                                failing = true;
+                            }
+                            Err(_) => {}
                         }
                         leadership.rounds.fetch_add(1, Ordering::Relaxed);
                     }

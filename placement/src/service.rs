@@ -193,6 +193,8 @@ struct Session {
     last_write: u64,
     last_seq: u64,
     last_renew: Instant,
+    /// The last write failed for want of the store.
+    store_down: bool,
 }
 
 impl Session {
@@ -219,6 +221,7 @@ impl Session {
             last_write: kv.mod_revision,
             last_seq: 0,
             last_renew: Instant::now(),
+            store_down: false,
             inner,
         })
     }
@@ -264,9 +267,17 @@ impl Session {
                 )));
             }
             Err(e) => {
-                tracing::warn!(pop = self.pop, error = %e, "load report not stored");
+                // Once per outage at warn; the agent keeps reporting and we keep trying.
+                if !self.store_down {
+                    tracing::warn!(pop = self.pop, error = %e, "load reports not stored until the store returns");
+                    self.store_down = true;
+                }
                 return Ok(None);
             }
+        }
+        if self.store_down {
+            tracing::info!(pop = self.pop, "load reports stored again");
+            self.store_down = false;
         }
         let ttl = Duration::from_millis(self.inner.config.store.lease_ttl_ms);
         if self.last_renew.elapsed() >= ttl / 4 {

@@ -20,6 +20,8 @@ pub struct Accepted {
     pub rest: Streaming<pb::GenerateResponse>,
     /// Decrements the worker's in-flight count when dropped.
     pub guard: InFlight,
+    /// Position of this worker in the ranking; a retry after it starts past it.
+    pub position: usize,
 }
 
 /// This router's outstanding request on a worker, counted until dropped.
@@ -33,6 +35,9 @@ impl Drop for InFlight {
         self.fleet.in_flight[self.worker].fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// How long a worker that refused a connection is passed over, milliseconds.
+const BREAK_MS: u64 = 2_000;
 
 /// Whether a status from a worker means "try another worker".
 fn retryable(status: &tonic::Status) -> bool {
@@ -49,21 +54,32 @@ fn retryable(status: &tonic::Status) -> bool {
     )
 }
 
-/// Tries the candidates in order. Bad requests (INVALID_ARGUMENT) are not retried.
+/// Tries the candidates in order from position `start`, making at most `attempts`
+/// tries. Bad requests (INVALID_ARGUMENT) are not retried.
 pub async fn dispatch(
     state: &RouterState,
     fleet: &Arc<Fleet>,
     ranking: &Ranking,
+    start: usize,
+    attempts: usize,
     request: pb::GenerateRequest,
 ) -> Result<Accepted, ApiError> {
     let mut last_error = String::from("no candidate");
-    for (attempt, candidate) in ranking
-        .iter()
-        .enumerate()
-        .take(state.config.max_retries as usize + 1)
-    {
+    let now_ms = state.epoch.elapsed().as_millis() as u64;
+    let mut tries = 0;
+    for (position, candidate) in ranking.iter().enumerate().skip(start) {
+        if tries == attempts {
+            break;
+        }
         let i = candidate.worker as usize;
         let worker = &fleet.view.workers[i];
+        // An open circuit is skipped while other candidates remain.
+        let last = position + 1 == ranking.len();
+        if fleet.broken_until[i].load(Ordering::Relaxed) > now_ms && !last {
+            continue;
+        }
+        let attempt = tries;
+        tries += 1;
         fleet.in_flight[i].fetch_add(1, Ordering::Relaxed);
         let guard = InFlight {
             fleet: fleet.clone(),
@@ -85,6 +101,11 @@ pub async fn dispatch(
                 return Err(ApiError::bad_request(status.message().to_string(), None));
             }
             Err(status) if retryable(&status) => {
+                if status.code() == tonic::Code::Unavailable {
+                    // Unreachable: open its circuit for a while.
+                    fleet.broken_until[i].store(now_ms + BREAK_MS, Ordering::Relaxed);
+                    metrics::counter!("meridian_router_circuit_opened_total").increment(1);
+                }
                 tracing::warn!(worker = %worker.worker_id, pop = %worker.pop, code = ?status.code(), "worker failed before its first token; trying the next");
                 last_error = format!("{}: {}", worker.worker_id, status.message());
                 continue;
@@ -105,6 +126,7 @@ pub async fn dispatch(
                     first,
                     rest: stream,
                     guard,
+                    position,
                 });
             }
             Ok(None) => {

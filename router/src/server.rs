@@ -223,19 +223,52 @@ async fn generate_inner(
         )));
     }
     let worker_request = to_worker(&request);
-    let timeout = Duration::from_millis(state.config.request_timeout_ms);
-    let accepted = tokio::time::timeout(timeout, dispatch(state, &fleet, &ranking, worker_request))
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(state.config.request_timeout_ms);
+    // Tries allowed in all: the first, then `max_retries` more, across the whole request.
+    let mut attempts_left = state.config.max_retries as usize + 1;
+    let mut start = 0;
+    loop {
+        let accepted = tokio::time::timeout_at(
+            deadline,
+            dispatch(
+                state,
+                &fleet,
+                &ranking,
+                start,
+                attempts_left,
+                worker_request.clone(),
+            ),
+        )
         .await
         .map_err(|_| ApiError::unavailable("timed out waiting for a worker's first token"))??;
-    metrics::histogram!(crate::metrics::TTFT_SECONDS, "model" => request.model.clone(), "pop" => accepted.pop.clone())
-        .record(started.elapsed().as_secs_f64());
-    if request.stream {
-        Ok(stream_response(request, accepted, started))
-    } else {
-        tokio::time::timeout(timeout, whole_response(request, accepted, started))
+        metrics::histogram!(crate::metrics::TTFT_SECONDS, "model" => request.model.clone(), "pop" => accepted.pop.clone())
+            .record(started.elapsed().as_secs_f64());
+        if request.stream {
+            return Ok(stream_response(request, accepted, started));
+        }
+        attempts_left = attempts_left.saturating_sub(accepted.position + 1 - start);
+        start = accepted.position + 1;
+        let whole = tokio::time::timeout_at(deadline, whole_response(&request, accepted, started))
             .await
-            .map_err(|_| ApiError::unavailable("timed out waiting for the completion"))?
+            .map_err(|_| ApiError::unavailable("timed out waiting for the completion"))?;
+        match whole {
+            Ok(response) => return Ok(response),
+            // Nothing has reached the client yet: a worker that died mid-generation is
+            // retried on the next candidate, within the same retry budget.
+            Err(Failed::Worker(e)) if attempts_left > 0 && start < ranking.len() => {
+                tracing::warn!(error = %e.message, "worker failed mid-generation; retrying the request elsewhere");
+                metrics::counter!(crate::metrics::RETRIES_TOTAL).increment(1);
+            }
+            Err(Failed::Worker(e)) => return Err(e),
+        }
     }
+}
+
+/// Why a non-streamed completion failed after its worker accepted it.
+enum Failed {
+    /// The worker failed or vanished mid-generation.
+    Worker(ApiError),
 }
 
 /// Bodies up to this many times the limit are read to the end (and dropped) before a
@@ -376,16 +409,17 @@ fn with_routing_headers(mut r: Response<Body>, pop: &str, worker: &str) -> Respo
 }
 
 async fn whole_response(
-    request: GenerationRequest,
+    request: &GenerationRequest,
     accepted: Accepted,
     started: Instant,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Response<Body>, Failed> {
     let Accepted {
         pop,
         worker_id,
         first,
         mut rest,
         guard,
+        ..
     } = accepted;
     let mut text = String::new();
     let mut logprobs = Vec::new();
@@ -419,15 +453,15 @@ async fn whole_response(
         chunk = match rest.message().await {
             Ok(Some(c)) => c,
             Ok(None) => {
-                return Err(ApiError::internal(format!(
+                return Err(Failed::Worker(ApiError::internal(format!(
                     "worker {worker_id} ended the stream without finishing"
-                )));
+                ))));
             }
             Err(status) => {
-                return Err(ApiError::internal(format!(
+                return Err(Failed::Worker(ApiError::internal(format!(
                     "worker {worker_id} failed mid-generation: {}",
                     status.message()
-                )));
+                ))));
             }
         };
     }
@@ -444,6 +478,7 @@ fn stream_response(
         first,
         mut rest,
         guard,
+        ..
     } = accepted;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(32);
     let (pop_label, worker) = (pop.clone(), worker_id.clone());

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use meridian_proto::catalog::Catalog;
@@ -23,12 +23,20 @@ use crate::{RouterConfig, RouterError};
 pub struct Fleet {
     pub view: FleetView,
     pub in_flight: Vec<AtomicU32>,
+    /// Per worker, until when (milliseconds since the router's epoch) its circuit is
+    /// open after a connection failure: dispatch tries it only as a last resort.
+    pub broken_until: Vec<AtomicU64>,
 }
 
 impl Fleet {
     pub fn new(view: FleetView) -> Self {
         let in_flight = (0..view.workers.len()).map(|_| AtomicU32::new(0)).collect();
-        Self { view, in_flight }
+        let broken_until = (0..view.workers.len()).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            view,
+            in_flight,
+            broken_until,
+        }
     }
 
     /// In-flight counts as plain numbers for the scorer.
@@ -115,6 +123,10 @@ impl RouterState {
             {
                 next.in_flight[i]
                     .store(old.in_flight[j].load(Ordering::Relaxed), Ordering::Relaxed);
+                next.broken_until[i].store(
+                    old.broken_until[j].load(Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
             }
         }
         self.fleet.store(Arc::new(next));
