@@ -93,6 +93,54 @@ fn separate_roles_route_by_geography_and_survive_a_killed_pop() {
         );
     }
 
+    // Operators: meridianctl shows the fleet; a cordoned PoP gets no new requests.
+    let ctl = |args: &[&str]| {
+        let out = support::meridianctl()
+            .args(["--control", &control_url])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let status = ctl(&["fleet", "status"]);
+    println!("{status}");
+    for needle in ["AMS", "SIN", "SmolLM2-135M-Instruct", "warm", "2 PoPs"] {
+        assert!(status.contains(needle), "{needle} missing from:\n{status}");
+    }
+    ctl(&["cordon", "SIN"]);
+    let started = Instant::now();
+    loop {
+        let (status, head, _) = ask(router_addr, "NRT");
+        assert_eq!(status, 200);
+        if header(&head, "x-meridian-pop") == Some("AMS") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the cordon never reached the router"
+        );
+    }
+    assert!(ctl(&["fleet", "status"]).contains("cordoned"));
+    ctl(&["cordon", "SIN", "--undo"]);
+    let started = Instant::now();
+    while header(&ask(router_addr, "NRT").1, "x-meridian-pop") != Some("SIN") {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the uncordon never reached the router"
+        );
+    }
+    let out = support::meridianctl()
+        .args(["--control", &control_url, "drain", "ZZZ"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not in the fleet"));
+
     // 50 concurrent requests from near AMS; AMS is killed while they run.
     let handles: Vec<_> = (0..50)
         .map(|_| std::thread::spawn(move || ask(router_addr, "AMS")))
