@@ -178,7 +178,21 @@ async fn follow(store: Arc<dyn Store>, cache: std::sync::Weak<FleetCache>) {
         while let Some(item) = stream.next().await {
             let Some(c) = cache.upgrade() else { return };
             match item {
-                Ok(event) => c.publish(|g| g.state.apply(&keys, &event)),
+                Ok(event) => c.publish(|g| {
+                    let ev = g.state.apply(&keys, &event);
+                    if let Some(pb::FleetEvent {
+                        revision,
+                        event: Some(pb::fleet_event::Event::PopRemoved(pop)),
+                    }) = &ev
+                    {
+                        tracing::info!(
+                            pop,
+                            revision,
+                            "PoP left the fleet (lease expired or revoked)"
+                        );
+                    }
+                    ev
+                }),
                 Err(StoreError::Compacted { .. }) => {
                     loaded = false;
                     break;
