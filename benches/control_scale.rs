@@ -26,6 +26,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use rand::{Rng as _, RngCore as _, SeedableRng as _};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -164,27 +166,8 @@ impl Args {
     }
 }
 
-/// SplitMix64: a small seedable generator, enough for phases and simulated loads.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
+/// Seeded, so phases and simulated loads repeat from run to run with `--seed`.
+type Rng = rand::rngs::StdRng;
 
 /// The measured window on the bench's monotonic clock. Report send times travel as
 /// microseconds since `epoch`, so the watcher's latency needs no wall clock.
@@ -233,8 +216,8 @@ impl SimWorker {
     fn new(worker_id: String, rng: &mut Rng) -> Self {
         Self {
             worker_id,
-            queue_depth: rng.below(4) as u32,
-            running: 1 + rng.below(16) as u32,
+            queue_depth: rng.random_range(0..4u64) as u32,
+            running: 1 + rng.random_range(0..16u64) as u32,
             kv_blocks_free: KV_BLOCKS_TOTAL / 2,
             hashes: (0..PREFIX_HASHES).map(|_| rng.next_u64()).collect(),
         }
@@ -242,11 +225,12 @@ impl SimWorker {
 
     fn step(&mut self, rng: &mut Rng) {
         let drift = |v: u32, max: u32, rng: &mut Rng| -> u32 {
-            (i64::from(v) + rng.below(5) as i64 - 2).clamp(0, i64::from(max)) as u32
+            (i64::from(v) + rng.random_range(0..5u64) as i64 - 2).clamp(0, i64::from(max)) as u32
         };
         self.queue_depth = drift(self.queue_depth, 32, rng);
         self.running = drift(self.running, 64, rng);
-        self.kv_blocks_free = (i64::from(self.kv_blocks_free) + rng.below(129) as i64 - 64)
+        self.kv_blocks_free = (i64::from(self.kv_blocks_free) + rng.random_range(0..129u64) as i64
+            - 64)
             .clamp(0, i64::from(KV_BLOCKS_TOTAL)) as u32;
         // Most recently used first: new prefixes enter at the front, the oldest leave.
         for _ in 0..PREFIX_CHURN {
@@ -267,9 +251,9 @@ impl SimWorker {
                 kv_blocks_free: self.kv_blocks_free,
                 kv_blocks_total: KV_BLOCKS_TOTAL,
                 kv_block_size: KV_BLOCK_SIZE,
-                prefix_cache_hit_rate: 0.2 + 0.5 * rng.unit(),
-                prompt_tokens_per_second: 500.0 + 400.0 * rng.unit(),
-                generation_tokens_per_second: 150.0 + 100.0 * rng.unit(),
+                prefix_cache_hit_rate: 0.2 + 0.5 * rng.random::<f32>(),
+                prompt_tokens_per_second: 500.0 + 400.0 * rng.random::<f32>(),
+                generation_tokens_per_second: 150.0 + 100.0 * rng.random::<f32>(),
                 prefix_summary: Some(PrefixSummary {
                     block_size: KV_BLOCK_SIZE,
                     block_hashes: self.hashes.clone(),
@@ -281,7 +265,7 @@ impl SimWorker {
                 // replica and the store to the fleet watcher. 0 on the other workers.
                 gpu_memory_bytes_used: stamp,
                 max_batch_tokens: 2_048,
-                mean_step_ms: 20.0 + 10.0 * rng.unit(),
+                mean_step_ms: 20.0 + 10.0 * rng.random::<f32>(),
                 queued_prompt_tokens: u64::from(self.queue_depth) * 300,
                 max_running_sequences: 64,
             }),
@@ -374,7 +358,7 @@ async fn run_pop(agent: PopAgent) -> anyhow::Result<PopOutcome> {
     counters.registered.fetch_add(1, Ordering::Relaxed);
 
     let period = args.interval();
-    let phase = Duration::from_micros(rng.below(period.as_micros() as u64));
+    let phase = Duration::from_micros(rng.random_range(0..(period.as_micros() as u64).max(1)));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
     // An overloaded bench sends fewer reports rather than bursts of late ones.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -715,7 +699,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         channels.push(connect().await?);
     }
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<anyhow::Result<PopOutcome>>();
-    let mut seeder = Rng(args.seed);
+    let mut seeder = Rng::seed_from_u64(args.seed);
     for (i, site) in Catalog::builtin().sites()[..args.pops].iter().enumerate() {
         let task = run_pop(PopAgent {
             site: site.clone(),
@@ -723,7 +707,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             args: args.clone(),
             window,
             counters: counters.clone(),
-            rng: Rng(seeder.next_u64()),
+            rng: Rng::seed_from_u64(seeder.next_u64()),
             stop: stop_rx.clone(),
         });
         let done = done_tx.clone();

@@ -228,17 +228,22 @@ impl Agent {
         status_rx: &mut mpsc::UnboundedReceiver<pb::DirectiveStatus>,
         directives: &mut HashMap<String, pb::DirectiveStatus>,
     ) -> anyhow::Result<()> {
+        // One connection for both calls; only the unary Register gets a deadline, the
+        // report stream lives as long as the session, kept honest by HTTP/2 pings.
         let channel: Channel = Endpoint::from_shared(endpoint.to_string())?
             .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
             .connect()
             .await
             .with_context(|| format!("cannot reach {endpoint}"))?;
-        let mut client = ControlPlaneClient::new(channel.clone())
+        let mut client = ControlPlaneClient::new(channel)
             .max_decoding_message_size(meridian_proto::MAX_MESSAGE_BYTES);
+        let mut register = tonic::Request::new(self.registration());
+        register.set_timeout(Duration::from_secs(5));
         let reg = client
-            .register(self.registration())
+            .register(register)
             .await
             .context("registration refused")?
             .into_inner();
@@ -248,17 +253,6 @@ impl Agent {
             session = reg.session_id,
             "registered"
         );
-        // The stream lives longer than the unary timeout: a client without one.
-        let mut stream_client = ControlPlaneClient::new(
-            Endpoint::from_shared(endpoint.to_string())?
-                .connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(1))
-                .keep_alive_timeout(Duration::from_secs(2))
-                .connect()
-                .await?,
-        )
-        .max_decoding_message_size(meridian_proto::MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel(64);
         tx.send(pb::PopMessage {
             msg: Some(pb::pop_message::Msg::Hello(pb::ReportHello {
@@ -266,7 +260,7 @@ impl Agent {
             })),
         })
         .await?;
-        let mut inbound = stream_client
+        let mut inbound = client
             .report(ReceiverStream::new(rx))
             .await
             .context("cannot open the report stream")?

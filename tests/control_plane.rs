@@ -17,7 +17,7 @@ use meridian_placement::testing::EtcdServer;
 use meridian_proto::control::v1 as pb;
 use meridian_proto::control::v1::control_plane_client::ControlPlaneClient;
 use meridian_proto::worker::v1::WorkerState;
-use support::{Proc, free_addr, http_get, meridian, metric};
+use support::{Proc, free_addr, http_get, meridian, metric, start_pop};
 use tokio_stream::StreamExt;
 
 const LEASE_TTL_MS: u64 = 3_000;
@@ -51,19 +51,6 @@ fn start_replica(etcd: &str, name: &str) -> Replica {
         endpoint: format!("http://{listen}"),
         metrics,
     }
-}
-
-fn start_pop(pop: &str, control: &[String]) -> Proc {
-    let mut cmd = meridian();
-    cmd.args(["pop", "--pop-id", pop, "--workers", "1"])
-        .args(["--control", &control.join(",")])
-        .args(["--listen", "127.0.0.1:0"])
-        .env("MERIDIAN_POP__METRICS_LISTEN", free_addr().to_string())
-        .env("MERIDIAN_POP__ENGINE__KV_MEMORY_BYTES", "67108864")
-        .env("MERIDIAN_POP__ENGINE__THREADS", "1");
-    let proc = Proc::spawn(cmd);
-    proc.wait_for_line(&format!("pop {pop} warm"), Duration::from_secs(120));
-    proc
 }
 
 /// Everything one watcher saw: the fleet folded from its events, and each event's
@@ -173,8 +160,8 @@ async fn replicas_on_etcd_survive_pop_leader_and_etcd_failures() {
 
     // Two PoPs report; every watcher sees both, warm, with load, within 1 s of the
     // reports.
-    let ams = start_pop("AMS", &endpoints);
-    let mut iad = start_pop("IAD", &endpoints[1..]);
+    let ams = start_pop("AMS", &endpoints.join(","));
+    let mut iad = start_pop("IAD", &endpoints[1..].join(","));
     for w in &watchers {
         wait_until(
             "both PoPs fresh in every watcher",

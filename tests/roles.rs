@@ -10,27 +10,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::{Proc, free_addr, header, http_post, meridian};
-
-fn pop(id: &str, control: &str) -> Proc {
-    let mut cmd = meridian();
-    cmd.args([
-        "pop",
-        "--pop-id",
-        id,
-        "--workers",
-        "1",
-        "--control",
-        control,
-    ])
-    .args(["--listen", "127.0.0.1:0"])
-    .env("MERIDIAN_POP__METRICS_LISTEN", free_addr().to_string())
-    .env("MERIDIAN_POP__ENGINE__KV_MEMORY_BYTES", "67108864")
-    .env("MERIDIAN_POP__ENGINE__THREADS", "1");
-    let p = Proc::spawn(cmd);
-    p.wait_for_line(&format!("pop {id} warm"), Duration::from_secs(120));
-    p
-}
+use support::{Proc, free_addr, header, http_post, meridian, start_pop};
 
 const BODY: &str = r#"{"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "Name three colors."}], "max_tokens": 24, "temperature": 0}"#;
 
@@ -54,8 +34,8 @@ fn separate_roles_route_by_geography_and_survive_a_killed_pop() {
     let control = Proc::spawn(control);
     control.wait_for_line("control plane listening", Duration::from_secs(30));
     let control_url = format!("http://{control_addr}");
-    let mut ams = pop("AMS", &control_url);
-    let _sin = pop("SIN", &control_url);
+    let mut ams = start_pop("AMS", &control_url);
+    let _sin = start_pop("SIN", &control_url);
 
     let router_addr = free_addr();
     let mut router = meridian();

@@ -96,10 +96,6 @@ impl FleetCache {
         Subscription { initial, live }
     }
 
-    pub fn subscribers(&self) -> usize {
-        self.events.receiver_count()
-    }
-
     fn publish(&self, f: impl FnOnce(&mut Inner) -> Option<pb::FleetEvent>) {
         let mut g = match self.inner.lock() {
             Ok(g) => g,

@@ -108,6 +108,14 @@ pub struct DirectiveRecord {
     pub progress: f32,
 }
 
+impl DirectiveRecord {
+    /// Done or failed: the agent will do nothing more with it.
+    pub fn finished(&self) -> bool {
+        self.state == pb::DirectiveState::Done as i32
+            || self.state == pb::DirectiveState::Failed as i32
+    }
+}
+
 /// Why a request was refused; the service maps it to a gRPC status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {

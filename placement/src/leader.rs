@@ -4,7 +4,6 @@
 //! replica takes over once that lease lapses.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use meridian_proto::control::v1 as pb;
@@ -22,22 +21,14 @@ pub const LEADER_TTL_MS: u64 = 2_000;
 const RENEW_EVERY: Duration = Duration::from_millis(500);
 const ROUND_EVERY: Duration = Duration::from_millis(500);
 
-/// Whether this replica leads, for metrics, logs and tests.
-#[derive(Debug, Default)]
-pub struct Leadership {
-    pub leading: AtomicBool,
-    /// Reconcile rounds run while leading.
-    pub rounds: AtomicU64,
-}
-
-/// Campaigns, leads, and campaigns again, until `stop` turns true; then resigns by
+/// Campaigns, leads (the `meridian_control_leader` gauge says so), and campaigns again,
+/// until `stop` turns true; then resigns by
 /// revoking its lease so a successor need not wait for it to lapse.
 pub async fn run(
     store: Arc<dyn Store>,
     keys: Keys,
     cache: Arc<FleetCache>,
     replica_id: String,
-    leadership: Arc<Leadership>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(200);
@@ -78,7 +69,6 @@ pub async fn run(
             _ = stop.changed() => false,
         };
         if won {
-            leadership.leading.store(true, Ordering::Relaxed);
             metrics::gauge!("meridian_control_leader").set(1.0);
             tracing::info!(replica = replica_id, "became leader");
             let mut tick = tokio::time::interval(ROUND_EVERY);
@@ -98,13 +88,11 @@ pub async fn run(
                             }
                             Err(_) => {}
                         }
-                        leadership.rounds.fetch_add(1, Ordering::Relaxed);
                     }
                     _ = lost.changed() => break,
                     _ = stop.changed() => break,
                 }
             }
-            leadership.leading.store(false, Ordering::Relaxed);
             metrics::gauge!("meridian_control_leader").set(0.0);
             tracing::warn!(replica = replica_id, "no longer leader");
         }

@@ -24,10 +24,7 @@ pub struct Existing {
 
 impl Existing {
     fn finished(&self) -> bool {
-        self.status.as_ref().is_some_and(|s| {
-            s.state == pb::DirectiveState::Done as i32
-                || s.state == pb::DirectiveState::Failed as i32
-        })
+        self.status.as_ref().is_some_and(DirectiveRecord::finished)
     }
 }
 

@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::ControlConfig;
 use crate::cache::FleetCache;
 use crate::fleet::{self, DirectiveRecord, Keys, PopOps, Refusal};
-use crate::leader::{self, Leadership};
+use crate::leader;
 use crate::store::{LeaseId, Store, StoreError};
 
 /// A control-plane replica.
@@ -38,8 +38,6 @@ struct Inner {
     keys: Keys,
     cache: Arc<FleetCache>,
     catalog: &'static Catalog,
-    leadership: Arc<Leadership>,
-    replica_id: String,
 }
 
 fn now_ms() -> u64 {
@@ -91,13 +89,11 @@ impl ControlPlaneService {
     ) -> Self {
         let keys = Keys::new(&config.store.prefix);
         let cache = FleetCache::start(store.clone(), keys.clone());
-        let leadership = Arc::new(Leadership::default());
         tokio::spawn(leader::run(
             store.clone(),
             keys.clone(),
             cache.clone(),
-            replica_id.clone(),
-            leadership.clone(),
+            replica_id,
             stop,
         ));
         Self {
@@ -107,22 +103,8 @@ impl ControlPlaneService {
                 keys,
                 cache,
                 catalog: Catalog::builtin(),
-                leadership,
-                replica_id,
             }),
         }
-    }
-
-    pub fn config(&self) -> &ControlConfig {
-        &self.inner.config
-    }
-
-    pub fn leadership(&self) -> &Arc<Leadership> {
-        &self.inner.leadership
-    }
-
-    pub fn replica_id(&self) -> &str {
-        &self.inner.replica_id
     }
 
     /// This replica's live fleet.
@@ -171,6 +153,23 @@ impl ControlPlaneService {
             .cache
             .with_state(|s| s.record(pop).cloned())
             .ok_or_else(|| Status::not_found(format!("PoP {pop:?} is not in the fleet")))
+    }
+}
+
+/// One `WatchFleet` subscriber in the `meridian_control_watch_subscribers` gauge, for as
+/// long as it lives.
+struct Subscriber;
+
+impl Subscriber {
+    fn count() -> Self {
+        metrics::gauge!("meridian_control_watch_subscribers").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        metrics::gauge!("meridian_control_watch_subscribers").decrement(1.0);
     }
 }
 
@@ -326,6 +325,23 @@ impl Session {
     }
 }
 
+/// Sends a directive unless this stream already did; false once the stream is gone.
+async fn send_once(
+    out: &mpsc::Sender<Result<pb::ControlMessage, Status>>,
+    sent: &mut std::collections::HashSet<String>,
+    pop: &str,
+    d: pb::Directive,
+) -> bool {
+    if !sent.insert(d.directive_id.clone()) {
+        return true;
+    }
+    tracing::info!(pop, directive = d.directive_id, "directive sent");
+    let msg = pb::ControlMessage {
+        msg: Some(pb::control_message::Msg::Directive(d)),
+    };
+    out.send(Ok(msg)).await.is_ok()
+}
+
 /// Sends the PoP's unfinished directives, then new ones as the leader writes them.
 async fn forward_directives(
     inner: Arc<Inner>,
@@ -352,22 +368,14 @@ async fn forward_directives(
                         let Ok(d) = pb::Directive::decode(kv.value.as_slice()) else {
                             continue;
                         };
+                        let status = inner.keys.status(&pop, &d.directive_id);
                         let finished = ss.iter().any(|s| {
-                            s.key == inner.keys.status(&pop, &d.directive_id)
-                                && serde_json::from_slice::<DirectiveRecord>(&s.value).is_ok_and(
-                                    |r| {
-                                        r.state == pb::DirectiveState::Done as i32
-                                            || r.state == pb::DirectiveState::Failed as i32
-                                    },
-                                )
+                            s.key == status
+                                && serde_json::from_slice::<DirectiveRecord>(&s.value)
+                                    .is_ok_and(|r| r.finished())
                         });
-                        if !finished && sent.insert(d.directive_id.clone()) {
-                            let msg = pb::ControlMessage {
-                                msg: Some(pb::control_message::Msg::Directive(d)),
-                            };
-                            if out.send(Ok(msg)).await.is_err() {
-                                return;
-                            }
+                        if !finished && !send_once(&out, &mut sent, &pop, d).await {
+                            return;
                         }
                     }
                     from = rev + 1;
@@ -396,14 +404,8 @@ async fn forward_directives(
                     let Ok(d) = pb::Directive::decode(kv.value.as_slice()) else {
                         continue;
                     };
-                    if sent.insert(d.directive_id.clone()) {
-                        tracing::info!(pop, directive = d.directive_id, "directive sent");
-                        let msg = pb::ControlMessage {
-                            msg: Some(pb::control_message::Msg::Directive(d)),
-                        };
-                        if out.send(Ok(msg)).await.is_err() {
-                            return;
-                        }
+                    if !send_once(&out, &mut sent, &pop, d).await {
+                        return;
                     }
                 }
                 Ok(e) => from = e.revision() + 1,
@@ -559,14 +561,13 @@ impl ControlPlane for ControlPlaneService {
         }
         let sub = cache.subscribe(from);
         let (tx, rx) = mpsc::channel(256);
-        metrics::gauge!("meridian_control_watch_subscribers").increment(1.0);
         tokio::spawn(async move {
+            let _counted = Subscriber::count();
             let mut last = from;
             let mut live = sub.live;
             for ev in sub.initial {
                 last = last.max(ev.revision);
                 if tx.send(Ok((*ev).clone())).await.is_err() {
-                    metrics::gauge!("meridian_control_watch_subscribers").decrement(1.0);
                     return;
                 }
             }
@@ -594,7 +595,6 @@ impl ControlPlane for ControlPlaneService {
                     break;
                 }
             }
-            metrics::gauge!("meridian_control_watch_subscribers").decrement(1.0);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

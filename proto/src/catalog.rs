@@ -108,6 +108,11 @@ impl Catalog {
         self.index.get(id).map(|&i| &self.sites[i])
     }
 
+    /// Position of site `id` in `sites()` (the column of per-site tables).
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+
     pub fn len(&self) -> usize {
         self.sites.len()
     }

@@ -222,7 +222,7 @@ fn main() {
         };
         let state = Arc::new(RouterState::new(config, None).unwrap());
         let catalog = meridian_proto::catalog::Catalog::builtin();
-        let site_index = catalog.sites().iter().position(|s| s.id == "FRA").unwrap();
+        let site_index = catalog.index_of("FRA").unwrap();
         state.set_view(FleetView::new(
             1,
             vec![Worker {

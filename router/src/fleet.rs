@@ -142,10 +142,6 @@ impl FleetFeed {
         }
     }
 
-    pub fn pop_count(&self) -> usize {
-        self.pops.len()
-    }
-
     /// The view routers score on. PoPs outside the catalog are left out (the control
     /// plane refuses them; a router never guesses a location).
     pub fn view(&self, catalog: &Catalog) -> FleetView {
@@ -153,7 +149,7 @@ impl FleetFeed {
         use meridian_proto::worker::v1::WorkerState;
         let mut workers = Vec::new();
         for pop in self.pops.values() {
-            let Some(site_index) = catalog.sites().iter().position(|s| s.id == pop.pop_id) else {
+            let Some(site_index) = catalog.index_of(&pop.pop_id) else {
                 continue;
             };
             let cordoned = pop.status != PopStatus::Active as i32;

@@ -165,9 +165,7 @@ async fn generate_inner(
     let region = match header(&req, "x-meridian-region") {
         Some(id) => state
             .catalog
-            .sites()
-            .iter()
-            .position(|s| s.id.eq_ignore_ascii_case(id))
+            .index_of(&id.to_ascii_uppercase())
             .ok_or_else(|| {
                 ApiError::bad_request(
                     format!("x-meridian-region: {id:?} is not a catalog site id"),
@@ -256,19 +254,13 @@ async fn generate_inner(
             Ok(response) => return Ok(response),
             // Nothing has reached the client yet: a worker that died mid-generation is
             // retried on the next candidate, within the same retry budget.
-            Err(Failed::Worker(e)) if attempts_left > 0 && start < ranking.len() => {
+            Err(e) if attempts_left > 0 && start < ranking.len() => {
                 tracing::warn!(error = %e.message, "worker failed mid-generation; retrying the request elsewhere");
                 metrics::counter!(crate::metrics::RETRIES_TOTAL).increment(1);
             }
-            Err(Failed::Worker(e)) => return Err(e),
+            Err(e) => return Err(e),
         }
     }
-}
-
-/// Why a non-streamed completion failed after its worker accepted it.
-enum Failed {
-    /// The worker failed or vanished mid-generation.
-    Worker(ApiError),
 }
 
 /// Bodies up to this many times the limit are read to the end (and dropped) before a
@@ -408,11 +400,13 @@ fn with_routing_headers(mut r: Response<Body>, pop: &str, worker: &str) -> Respo
     r
 }
 
+/// Collects a non-streamed completion. Every error means the worker failed or vanished
+/// mid-generation, which the caller may retry elsewhere.
 async fn whole_response(
     request: &GenerationRequest,
     accepted: Accepted,
     started: Instant,
-) -> Result<Response<Body>, Failed> {
+) -> Result<Response<Body>, ApiError> {
     let Accepted {
         pop,
         worker_id,
@@ -453,15 +447,15 @@ async fn whole_response(
         chunk = match rest.message().await {
             Ok(Some(c)) => c,
             Ok(None) => {
-                return Err(Failed::Worker(ApiError::internal(format!(
+                return Err(ApiError::internal(format!(
                     "worker {worker_id} ended the stream without finishing"
-                ))));
+                )));
             }
             Err(status) => {
-                return Err(Failed::Worker(ApiError::internal(format!(
+                return Err(ApiError::internal(format!(
                     "worker {worker_id} failed mid-generation: {}",
                     status.message()
-                ))));
+                )));
             }
         };
     }

@@ -1,6 +1,4 @@
-//! Where the router's fleet view comes from: the control plane's `WatchFleet` feed
-//! (production), or, for a router pointed at bare workers, polling their own
-//! `Worker.Stats`/`Health`.
+//! Where the router's fleet view comes from: the control plane's `WatchFleet` feed.
 //!
 //! Static stability: while no control-plane replica answers, the router keeps the last
 //! view it had and keeps routing on it; it resumes the feed from its last revision on
@@ -11,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use meridian_proto::control::v1 as cpb;
 use meridian_proto::control::v1::control_plane_client::ControlPlaneClient;
-use meridian_proto::worker::v1 as pb;
 use tonic::transport::Endpoint;
 
-use crate::fleet::{FleetFeed, FleetView, Load, Worker};
+use crate::fleet::FleetFeed;
 use crate::state::RouterState;
 
 /// Rebuilds of the view are at most this often; events in between are folded together.
@@ -94,78 +91,4 @@ async fn follow(
             last_build = Instant::now();
         }
     }
-}
-
-/// A worker named in configuration.
-#[derive(Debug, Clone)]
-pub struct StaticWorker {
-    pub pop: String,
-    pub worker_id: String,
-    pub endpoint: String,
-}
-
-/// Polls the workers every `interval` and publishes a new view each round. Runs until
-/// the task is dropped.
-pub async fn poll_static(state: Arc<RouterState>, workers: Vec<StaticWorker>, interval: Duration) {
-    let mut revision = 0;
-    loop {
-        revision += 1;
-        let mut view = Vec::with_capacity(workers.len());
-        for w in &workers {
-            view.push(probe(&state, w).await);
-        }
-        state.set_view(FleetView::new(revision, view));
-        tokio::time::sleep(interval).await;
-    }
-}
-
-async fn probe(state: &RouterState, w: &StaticWorker) -> Worker {
-    let site_index = state
-        .catalog
-        .sites()
-        .iter()
-        .position(|s| s.id == w.pop)
-        .unwrap_or(state.site_index);
-    let jurisdiction = state.catalog.sites()[site_index].jurisdiction.clone();
-    let mut entry = Worker {
-        pop: w.pop.clone(),
-        site_index,
-        jurisdiction,
-        worker_id: w.worker_id.clone(),
-        endpoint: w.endpoint.clone(),
-        model: String::new(),
-        warm: false,
-        healthy: false,
-        cordoned: false,
-        load: Load::default(),
-    };
-    let Ok(mut client) = state.client(&w.endpoint) else {
-        return entry;
-    };
-    let timeout = Duration::from_millis(500);
-    if let Ok(Ok(health)) = tokio::time::timeout(timeout, client.health(pb::HealthRequest {})).await
-    {
-        let health = health.into_inner();
-        entry.healthy = true;
-        entry.warm = health.state() == pb::WorkerState::Warm;
-        entry.model = health
-            .models
-            .first()
-            .map(|m| m.id.clone())
-            .unwrap_or_default();
-    }
-    if let Ok(Ok(stats)) = tokio::time::timeout(timeout, client.stats(pb::StatsRequest {})).await
-        && let Some(load) = stats.into_inner().load
-    {
-        entry.load = Load {
-            queue_depth: load.queue_depth,
-            running: load.running_sequences,
-            max_running: load.max_running_sequences,
-            kv_blocks_free: load.kv_blocks_free,
-            kv_blocks_total: load.kv_blocks_total,
-            mean_step_ms: load.mean_step_ms,
-            prompt_tokens_per_second: load.prompt_tokens_per_second,
-        };
-    }
-    entry
 }

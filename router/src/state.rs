@@ -71,13 +71,9 @@ impl RouterState {
     ) -> Result<Self, RouterError> {
         config.validate()?;
         let catalog = Catalog::builtin();
-        let site_index = catalog
-            .sites()
-            .iter()
-            .position(|s| s.id == config.site)
-            .ok_or_else(|| {
-                RouterError::Config(format!("site {} is not in the catalog", config.site))
-            })?;
+        let site_index = catalog.index_of(&config.site).ok_or_else(|| {
+            RouterError::Config(format!("site {} is not in the catalog", config.site))
+        })?;
         let keys = config
             .api_keys
             .iter()
@@ -114,13 +110,15 @@ impl RouterState {
     pub fn set_view(&self, view: FleetView) {
         let old = self.fleet.load();
         let next = Fleet::new(view);
+        let old_index: HashMap<&str, usize> = old
+            .view
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(j, o)| (o.endpoint.as_str(), j))
+            .collect();
         for (i, w) in next.view.workers.iter().enumerate() {
-            if let Some(j) = old
-                .view
-                .workers
-                .iter()
-                .position(|o| o.endpoint == w.endpoint)
-            {
+            if let Some(&j) = old_index.get(w.endpoint.as_str()) {
                 next.in_flight[i]
                     .store(old.in_flight[j].load(Ordering::Relaxed), Ordering::Relaxed);
                 next.broken_until[i].store(

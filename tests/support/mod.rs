@@ -128,3 +128,25 @@ pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
         k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
     })
 }
+
+/// Starts `meridian pop` for catalog site `id` with one single-threaded CPU worker on
+/// the real model, reporting to `control` (comma-separated endpoints); returns once warm.
+pub fn start_pop(id: &str, control: &str) -> Proc {
+    let mut cmd = meridian();
+    cmd.args([
+        "pop",
+        "--pop-id",
+        id,
+        "--workers",
+        "1",
+        "--control",
+        control,
+    ])
+    .args(["--listen", "127.0.0.1:0"])
+    .env("MERIDIAN_POP__METRICS_LISTEN", free_addr().to_string())
+    .env("MERIDIAN_POP__ENGINE__KV_MEMORY_BYTES", "67108864")
+    .env("MERIDIAN_POP__ENGINE__THREADS", "1");
+    let p = Proc::spawn(cmd);
+    p.wait_for_line(&format!("pop {id} warm"), Duration::from_secs(120));
+    p
+}
