@@ -253,6 +253,7 @@ impl SimWorker {
                 kv_block_size: KV_BLOCK_SIZE,
                 prefix_cache_hit_rate: 0.2 + 0.5 * rng.random::<f32>(),
                 prompt_tokens_per_second: 500.0 + 400.0 * rng.random::<f32>(),
+                prefill_speed_tokens_per_second: 900.0 + 400.0 * rng.random::<f32>(),
                 generation_tokens_per_second: 150.0 + 100.0 * rng.random::<f32>(),
                 prefix_summary: Some(PrefixSummary {
                     block_size: KV_BLOCK_SIZE,

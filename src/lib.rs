@@ -8,4 +8,5 @@ pub mod control;
 pub mod grpc;
 pub mod pop;
 pub mod telemetry;
+pub mod tokenize;
 pub mod up;

@@ -64,8 +64,14 @@ pub async fn run(cfg: UpConfig, model: &Path) -> anyhow::Result<()> {
     // Router, on the control plane's feed.
     let mut router_cfg = cfg.router.clone();
     router_cfg.control_endpoints = vec![control_endpoint.clone()];
-    let state = Arc::new(RouterState::new(router_cfg.clone(), Some(metrics))?);
+    let tokenizers = crate::tokenize::tokenizers([(meridian_engine::model_id(model), model)]);
+    let state =
+        Arc::new(RouterState::new(router_cfg.clone(), Some(metrics))?.with_tokenizers(tokenizers));
     let feed = tokio::spawn(meridian_router::source::watch_fleet(
+        state.clone(),
+        router_cfg.control_endpoints.clone(),
+    ));
+    let demand = tokio::spawn(meridian_router::source::report_demand(
         state.clone(),
         router_cfg.control_endpoints.clone(),
     ));
@@ -103,6 +109,7 @@ pub async fn run(cfg: UpConfig, model: &Path) -> anyhow::Result<()> {
     .await?;
     let _ = stop_tx.send(true);
     feed.abort();
+    demand.abort();
     for r in reporters {
         let _ = r.await;
     }

@@ -1,7 +1,9 @@
 //! The roles as separate processes, found through flags: `meridian control` (memory
 //! store), two `meridian pop` agents on the real model and a `meridian router`. Routing
-//! follows geography; killing a PoP with `kill -9` during 50 concurrent non-streamed
-//! requests loses none of them.
+//! follows geography, and a cached prompt prefix outweighs a shorter trip; `route
+//! explain` shows the scores; saturated workers shed load with 429; routers' demand
+//! reaches the control plane; killing a PoP with `kill -9` during 50 concurrent
+//! non-streamed requests loses none of them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -41,7 +43,8 @@ fn separate_roles_route_by_geography_and_survive_a_killed_pop() {
     let mut router = meridian();
     router
         .args(["router", "--listen", &router_addr.to_string()])
-        .args(["--control", &control_url, "--site", "FRA"]);
+        .args(["--control", &control_url, "--site", "FRA"])
+        .env("MERIDIAN_ROUTER__DEMAND_REPORT_MS", "500");
     let router = Proc::spawn(router);
     router.wait_for_line("router listening", Duration::from_secs(30));
 
@@ -73,6 +76,52 @@ fn separate_roles_route_by_geography_and_survive_a_killed_pop() {
         );
     }
 
+    // Prefix-aware scoring: a long prompt first served at AMS (nearest to LHR) is sent
+    // again from Tokyo; AMS holds its blocks, which saves more prefill than the longer
+    // trip costs, so AMS serves it again instead of SIN.
+    let long_prompt = "Meridian routes each request to the worker that answers first. ".repeat(60);
+    let long_body = format!(
+        r#"{{"model": "SmolLM2-135M-Instruct", "messages": [{{"role": "user", "content": "{long_prompt}"}}], "max_tokens": 2, "temperature": 0}}"#
+    );
+    let (status, head, body) = http_post(
+        router_addr,
+        "/v1/chat/completions",
+        &[("x-meridian-region", "LHR")],
+        &long_body,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&head, "x-meridian-pop"), Some("AMS"));
+    // AMS reports its cache four times a second; give the report time to reach the
+    // router's view.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, head, body) = http_post(
+        router_addr,
+        "/v1/chat/completions",
+        &[("x-meridian-region", "NRT")],
+        &long_body,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap_or(0);
+    println!(
+        "repeated prompt from Tokyo served by {:?}: {cached} of {} prompt tokens cached",
+        header(&head, "x-meridian-pop"),
+        v["usage"]["prompt_tokens"]
+    );
+    assert_eq!(
+        header(&head, "x-meridian-pop"),
+        Some("AMS"),
+        "the repeated prompt did not go back to the PoP holding its prefix"
+    );
+    assert!(
+        cached >= 256,
+        "only {cached} prompt tokens came from AMS's cache"
+    );
+
     // Operators: meridianctl shows the fleet; a cordoned PoP gets no new requests.
     let ctl = |args: &[&str]| {
         let out = support::meridianctl()
@@ -92,6 +141,96 @@ fn separate_roles_route_by_geography_and_survive_a_killed_pop() {
     for needle in ["AMS", "SIN", "SmolLM2-135M-Instruct", "warm", "2 PoPs"] {
         assert!(status.contains(needle), "{needle} missing from:\n{status}");
     }
+    let explained = ctl(&[
+        "route",
+        "explain",
+        "--model",
+        "SmolLM2-135M-Instruct",
+        "--region",
+        "FRA",
+        "--jurisdiction",
+        "EU",
+    ]);
+    println!("{explained}");
+    let line = |pop: &str| {
+        explained
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(pop))
+            .unwrap_or_else(|| panic!("no {pop} line in:\n{explained}"))
+            .to_string()
+    };
+    assert!(line("AMS").starts_with("1 ") && line("AMS").contains("first choice"));
+    assert!(line("SIN").contains("excluded: jurisdiction not allowed"));
+
+    // Load shedding: a second router that counts a worker with one request outstanding
+    // as saturated answers the overflow of 8 concurrent requests with 429 + Retry-After.
+    let shed_addr = free_addr();
+    let mut shedder = meridian();
+    shedder
+        .args(["router", "--listen", &shed_addr.to_string()])
+        .args(["--control", &control_url, "--site", "FRA"])
+        .env("MERIDIAN_ROUTER__MAX_WAITING_PER_WORKER", "1");
+    let shedder = Proc::spawn(shedder);
+    shedder.wait_for_line("router listening", Duration::from_secs(30));
+    let started = Instant::now();
+    while ask(shed_addr, "FRA").0 != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "second router never served"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let burst: Vec<_> = (0..8)
+        .map(|_| std::thread::spawn(move || ask(shed_addr, "FRA")))
+        .collect();
+    let (mut ok, mut shed) = (0, 0);
+    for h in burst {
+        let (status, head, body) = h.join().unwrap();
+        match status {
+            200 => ok += 1,
+            429 => {
+                shed += 1;
+                assert_eq!(header(&head, "retry-after"), Some("1"), "{head}");
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(v["error"]["code"], "engine_overloaded", "{body}");
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    println!("burst of 8 through a router with max_waiting_per_worker=1: {ok} served, {shed} shed");
+    assert!(ok >= 1 && shed >= 1, "{ok} served, {shed} shed");
+    drop(shedder);
+
+    // Demand: the router's windows reach the control plane, per region and model.
+    let started = Instant::now();
+    loop {
+        let demand = ctl(&["demand"]);
+        let rows: Vec<&str> = demand
+            .lines()
+            .filter(|l| l.contains("SmolLM2-135M-Instruct"))
+            .collect();
+        let regions: Vec<&str> = rows
+            .iter()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        if ["SIN", "LHR", "NRT", "CDG", "SYD"]
+            .iter()
+            .all(|r| regions.contains(r))
+        {
+            println!("{demand}");
+            for row in rows {
+                let rps: f64 = row.split_whitespace().nth(3).unwrap().parse().unwrap();
+                assert!(rps > 0.0, "{row}");
+            }
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "demand never reached the control plane:\n{demand}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     ctl(&["cordon", "SIN"]);
     let started = Instant::now();
     loop {

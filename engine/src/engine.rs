@@ -103,6 +103,8 @@ pub struct EngineStats {
     pub prefix_hit_rate: f32,
     /// Over the last few seconds.
     pub prompt_tokens_per_second: f32,
+    /// Prompt tokens per second of step time in steps that prefilled (0: none yet).
+    pub prefill_speed: f32,
     pub generation_tokens_per_second: f32,
     /// Mean step time over recent steps, milliseconds.
     pub mean_step_ms: f32,
@@ -121,6 +123,23 @@ struct NewSeq {
     prompt: Vec<u32>,
     request: Request,
     events: UnboundedSender<Event>,
+}
+
+/// The prompt tokens `tokenizer` makes of `input`: the engine's own rule, also used by
+/// routers to hash a prompt's blocks exactly as the worker will.
+pub fn prompt_tokens(tokenizer: &Tokenizer, input: &Input) -> Result<Vec<u32>, EngineError> {
+    let tokens = match input {
+        Input::Text(text) => tokenizer.encode(text, true)?,
+        Input::Chat {
+            messages,
+            add_generation_prompt,
+        } => {
+            let text = tokenizer.apply_chat_template(messages, *add_generation_prompt)?;
+            tokenizer.encode(&text, true)?
+        }
+        Input::Tokens(ids) => ids.clone(),
+    };
+    Ok(tokens)
 }
 
 /// A running engine. Cheap to share behind an `Arc`.
@@ -270,20 +289,7 @@ impl Engine {
 
     /// Turns a request's input into prompt tokens.
     pub fn prompt_tokens(&self, input: &Input) -> Result<Vec<u32>, EngineError> {
-        let tokens = match input {
-            Input::Text(text) => self.tokenizer.encode(text, true)?,
-            Input::Chat {
-                messages,
-                add_generation_prompt,
-            } => {
-                let text = self
-                    .tokenizer
-                    .apply_chat_template(messages, *add_generation_prompt)?;
-                self.tokenizer.encode(&text, true)?
-            }
-            Input::Tokens(ids) => ids.clone(),
-        };
-        Ok(tokens)
+        prompt_tokens(&self.tokenizer, input)
     }
 
     /// Validates and queues a request. Errors are the caller's fault (bad input) and say
@@ -404,7 +410,12 @@ struct Rates {
     generated_tokens: u64,
     step_time: Duration,
     steps: u64,
+    /// Prompt tokens and time of the steps that prefilled, for the prefill speed.
+    prefill_tokens: u64,
+    prefill_time: Duration,
     last: (f32, f32, f32),
+    /// Prefill speed of the last window that prefilled; kept while idle.
+    prefill_speed: f32,
 }
 
 impl Rates {
@@ -417,7 +428,15 @@ impl Rates {
         self.generated_tokens += generated as u64;
         self.step_time += took;
         self.steps += 1;
+        if prompt > 0 {
+            self.prefill_tokens += prompt as u64;
+            self.prefill_time += took;
+        }
         let elapsed = now.duration_since(start);
+        // The first prefill sets the speed at once; later windows replace it.
+        if self.prefill_speed == 0.0 && !self.prefill_time.is_zero() {
+            self.prefill_speed = self.prefill_tokens as f32 / self.prefill_time.as_secs_f32();
+        }
         if elapsed >= Self::WINDOW {
             let secs = elapsed.as_secs_f32();
             self.last = (
@@ -425,8 +444,12 @@ impl Rates {
                 self.generated_tokens as f32 / secs,
                 self.step_time.as_secs_f32() * 1000.0 / self.steps as f32,
             );
+            if !self.prefill_time.is_zero() {
+                self.prefill_speed = self.prefill_tokens as f32 / self.prefill_time.as_secs_f32();
+            }
             *self = Rates {
                 last: self.last,
+                prefill_speed: self.prefill_speed,
                 window_start: Some(now),
                 ..Default::default()
             };
@@ -634,13 +657,17 @@ impl StepLoop {
                 prefix.hit_tokens as f32 / prefix.queried_tokens as f32
             };
             s.prompt_tokens_per_second = p_rate;
+            s.prefill_speed = self.rates.prefill_speed;
             s.generation_tokens_per_second = g_rate;
             s.mean_step_ms = step_ms;
             if !took.is_zero() {
                 s.steps += 1;
             }
             s.preemptions = self.scheduler.preemptions();
-            if s.steps % 16 == 0 {
+            // Routers score on this summary: refresh it every 16 steps under load, and
+            // whenever the engine goes idle, so a finished prompt's blocks are listed
+            // before the next request asks for them.
+            if s.steps % 16 == 0 || (s.waiting == 0 && s.running == 0) {
                 s.cached_block_hashes = blocks.cached_hashes(256);
             }
         }

@@ -44,8 +44,9 @@ pub fn status_of(e: EngineError) -> Status {
     }
 }
 
-fn request_of(req: pb::GenerateRequest) -> Result<crate::engine::Request, Status> {
-    let input = match req.input {
+/// The engine's input for a request's `input` field.
+pub fn input_of(input: Option<pb::generate_request::Input>) -> Result<Input, Status> {
+    Ok(match input {
         Some(pb::generate_request::Input::Prompt(p)) => Input::Text(p),
         Some(pb::generate_request::Input::Chat(c)) => Input::Chat {
             messages: c
@@ -64,7 +65,11 @@ fn request_of(req: pb::GenerateRequest) -> Result<crate::engine::Request, Status
                 "input is missing: set prompt, chat or token_ids",
             ));
         }
-    };
+    })
+}
+
+fn request_of(req: pb::GenerateRequest) -> Result<crate::engine::Request, Status> {
+    let input = input_of(req.input)?;
     let s = req.sampling.unwrap_or_default();
     Ok(crate::engine::Request {
         input,

@@ -369,6 +369,7 @@ impl WorkerSlot {
             kv_block_size: s.kv_block_size as u32,
             prefix_cache_hit_rate: s.prefix_hit_rate,
             prompt_tokens_per_second: s.prompt_tokens_per_second,
+            prefill_speed_tokens_per_second: s.prefill_speed,
             generation_tokens_per_second: s.generation_tokens_per_second,
             prefix_summary: Some(pb::PrefixSummary {
                 block_size: s.kv_block_size as u32,

@@ -77,6 +77,12 @@ impl Keys {
     pub fn election(&self) -> String {
         format!("{}/election", self.prefix)
     }
+    pub fn demand_all(&self) -> String {
+        format!("{}/demand/", self.prefix)
+    }
+    pub fn demand(&self, router: &str) -> String {
+        format!("{}/demand/{router}", self.prefix)
+    }
     pub fn placement(&self) -> String {
         format!("{}/placement", self.prefix)
     }

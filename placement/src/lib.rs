@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod demand;
 pub mod fleet;
 pub mod leader;
 pub mod reconcile;

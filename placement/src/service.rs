@@ -3,7 +3,8 @@
 //! stateless: a PoP's session is its store lease, so an agent may report to any replica
 //! and a router may watch any replica and resume on another.
 //!
-//! Placement (Plan, Apply, GetPlacement), policy and demand intake belong to the
+//! Demand intake (ReportDemand, GetDemand) folds routers' windows into smoothed rates
+//! (`crate::demand`). Placement (Plan, Apply, GetPlacement) and policy belong to the
 //! placement-solver work and answer UNIMPLEMENTED with a message until it lands.
 
 use std::pin::Pin;
@@ -22,6 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::ControlConfig;
 use crate::cache::FleetCache;
+use crate::demand;
 use crate::fleet::{self, DirectiveRecord, Keys, PopOps, Refusal};
 use crate::leader;
 use crate::store::{LeaseId, Store, StoreError};
@@ -601,9 +603,52 @@ impl ControlPlane for ControlPlaneService {
 
     async fn report_demand(
         &self,
-        _request: Request<pb::DemandReport>,
+        request: Request<pb::DemandReport>,
     ) -> Result<Response<pb::DemandAck>, Status> {
-        Err(unimplemented("ReportDemand"))
+        let report = request.into_inner();
+        demand::check(self.inner.catalog, &report).map_err(refused)?;
+        // Only this router writes its key; a lost race is a duplicate delivery.
+        let key = self.inner.keys.demand(&report.router_id);
+        let record = timed(self.inner.store.get(&key))
+            .await
+            .map_err(store_status)?
+            .and_then(|kv| serde_json::from_slice::<demand::RouterDemand>(&kv.value).ok());
+        if let Some(next) = demand::fold(record, &report, now_ms()) {
+            let value = serde_json::to_vec(&next)
+                .map_err(|e| Status::internal(format!("encoding demand: {e}")))?;
+            timed(self.inner.store.put(&key, value, 0))
+                .await
+                .map_err(store_status)?;
+            metrics::counter!("meridian_control_demand_reports_total").increment(1);
+        }
+        Ok(Response::new(pb::DemandAck {}))
+    }
+
+    async fn get_demand(
+        &self,
+        _request: Request<pb::GetDemandRequest>,
+    ) -> Result<Response<pb::DemandSummary>, Status> {
+        let (kvs, _) = timed(self.inner.store.get_prefix(&self.inner.keys.demand_all()))
+            .await
+            .map_err(store_status)?;
+        let records: Vec<demand::RouterDemand> = kvs
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .collect();
+        let rates = demand::total(&records, now_ms())
+            .into_iter()
+            .map(|(key, r, routers)| pb::DemandRate {
+                region: key.region,
+                model: key.model,
+                jurisdictions: key.jurisdictions,
+                rps: r.rps,
+                prompt_tokens_per_s: r.prompt_tokens_per_s,
+                completion_tokens_per_s: r.completion_tokens_per_s,
+                refused_rps: r.refused_rps,
+                routers,
+            })
+            .collect();
+        Ok(Response::new(pb::DemandSummary { rates }))
     }
 
     async fn plan(

@@ -236,6 +236,7 @@ fn main() {
                 healthy: true,
                 cordoned: false,
                 load: Load::default(),
+                ..Default::default()
             }],
         ));
         let router_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -38,6 +38,19 @@ pub struct RouterConfig {
     pub request_timeout_ms: u64,
     /// Other candidates tried when a worker fails before its first token.
     pub max_retries: u32,
+    /// Requests a worker may have waiting (its reported queue plus those this router
+    /// sent since) before it is passed over; when every allowed worker is that full the
+    /// request is shed with 429 and Retry-After. 0: no limit.
+    pub max_waiting_per_worker: u32,
+    /// Id of this router in demand reports; empty: `<site>-<random>` at start.
+    pub id: String,
+    /// How often the router reports the demand it saw to the control plane,
+    /// milliseconds; 0: never.
+    pub demand_report_ms: u64,
+    /// Model checkpoints (GGUF files or safetensors directories) whose tokenizers the
+    /// router loads, each for the model id its workers derive from the same path, for
+    /// prefix-aware scoring. Empty: the default model's, when it is in the cache.
+    pub tokenizers: Vec<std::path::PathBuf>,
     /// API keys; none configured on a loopback listener: requests need no key.
     pub api_keys: Vec<ApiKeyConfig>,
 }
@@ -51,6 +64,10 @@ impl Default for RouterConfig {
             max_body_bytes: 1 << 20,
             request_timeout_ms: 300_000,
             max_retries: 2,
+            max_waiting_per_worker: 256,
+            id: String::new(),
+            demand_report_ms: 10_000,
+            tokenizers: Vec::new(),
             api_keys: Vec::new(),
         }
     }

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 
 use meridian_proto::catalog::Catalog;
 
+use crate::prefix::PrefixIndex;
+
 /// A worker's load as last reported.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Load {
@@ -20,12 +22,12 @@ pub struct Load {
     pub kv_blocks_total: u32,
     /// Mean engine step time, milliseconds (0: unknown).
     pub mean_step_ms: f32,
-    /// Prefill speed, prompt tokens per second (0: unknown).
-    pub prompt_tokens_per_second: f32,
+    /// Prefill speed, prompt tokens per second of busy engine time (0: unknown).
+    pub prefill_speed: f32,
 }
 
 /// One worker as the router sees it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Worker {
     /// Catalog site of its PoP.
     pub pop: String,
@@ -44,6 +46,10 @@ pub struct Worker {
     /// Cordoned or draining PoP: no new requests.
     pub cordoned: bool,
     pub load: Load,
+    /// Tokens per block of its prefix-cache summary (0: none reported).
+    pub block_size: u32,
+    /// Chained hashes of the prefix blocks it reports cached.
+    pub cached_blocks: Vec<u64>,
 }
 
 /// An immutable snapshot of the fleet.
@@ -54,6 +60,8 @@ pub struct FleetView {
     pub workers: Vec<Worker>,
     /// Model id -> indexes into `workers`.
     by_model: HashMap<String, Vec<u32>>,
+    /// Which workers hold which prompt prefixes.
+    pub prefixes: PrefixIndex,
 }
 
 impl FleetView {
@@ -62,10 +70,16 @@ impl FleetView {
         for (i, w) in workers.iter().enumerate() {
             by_model.entry(w.model.clone()).or_default().push(i as u32);
         }
+        let prefixes = PrefixIndex::build(
+            workers
+                .iter()
+                .map(|w| (w.block_size, w.cached_blocks.as_slice())),
+        );
         Self {
             revision,
             workers,
             by_model,
+            prefixes,
         }
     }
 
@@ -155,6 +169,7 @@ impl FleetFeed {
             let cordoned = pop.status != PopStatus::Active as i32;
             for w in &pop.workers {
                 let load = w.load.as_ref();
+                let summary = load.and_then(|l| l.prefix_summary.as_ref());
                 workers.push(Worker {
                     pop: pop.pop_id.clone(),
                     site_index,
@@ -172,8 +187,10 @@ impl FleetFeed {
                         kv_blocks_free: l.kv_blocks_free,
                         kv_blocks_total: l.kv_blocks_total,
                         mean_step_ms: l.mean_step_ms,
-                        prompt_tokens_per_second: l.prompt_tokens_per_second,
+                        prefill_speed: l.prefill_speed_tokens_per_second,
                     }),
+                    block_size: summary.map_or(0, |s| s.block_size),
+                    cached_blocks: summary.map_or_else(Vec::new, |s| s.block_hashes.clone()),
                 });
             }
         }

@@ -6,14 +6,17 @@
 
 pub mod admission;
 pub mod config;
+pub mod demand;
 pub mod dispatch;
 pub mod fleet;
 pub mod metrics;
 pub mod openai;
+pub mod prefix;
 pub mod score;
 pub mod server;
 pub mod source;
 pub mod state;
+pub mod tokens;
 
 pub use config::RouterConfig;
 

@@ -21,9 +21,10 @@ fn worker(pop: &str, model: &str) -> Worker {
         load: Load {
             max_running: 64,
             mean_step_ms: 10.0,
-            prompt_tokens_per_second: 1000.0,
+            prefill_speed: 1000.0,
             ..Default::default()
         },
+        ..Default::default()
     }
 }
 
@@ -47,8 +48,10 @@ fn the_nearest_idle_pop_wins_and_others_are_kept_for_retries() {
         region: index("FRA"),
         jurisdictions: &[],
         prompt_tokens: 10,
+        cached: &[],
+        max_waiting: 0,
     };
-    let r = rank(&view, &rtt, &ask, &[0, 0, 0]);
+    let r = rank(&view, &rtt, &ask, &[0, 0, 0][..]);
     let order: Vec<&str> = r
         .iter()
         .map(|c| view.workers[c.worker as usize].pop.as_str())
@@ -58,7 +61,10 @@ fn the_nearest_idle_pop_wins_and_others_are_kept_for_retries() {
         region: index("NRT"),
         ..ask
     };
-    let best = rank(&view, &rtt, &ask, &[0, 0, 0]).iter().next().unwrap();
+    let best = rank(&view, &rtt, &ask, &[0, 0, 0][..])
+        .iter()
+        .next()
+        .unwrap();
     assert_eq!(view.workers[best.worker as usize].pop, "SIN");
 }
 
@@ -79,9 +85,11 @@ fn jurisdiction_state_and_model_filter() {
         region: index("FRA"),
         jurisdictions: &eu,
         prompt_tokens: 1,
+        cached: &[],
+        max_waiting: 0,
     };
     assert!(
-        rank(&view, &rtt, &ask, &[0; 4]).is_empty(),
+        rank(&view, &rtt, &ask, &[0; 4][..]).is_empty(),
         "no EU worker is warm and open for m"
     );
     let us = ["US".to_string()];
@@ -89,7 +97,7 @@ fn jurisdiction_state_and_model_filter() {
         jurisdictions: &us,
         ..ask
     };
-    assert_eq!(rank(&view, &rtt, &ask, &[0; 4]).len(), 1);
+    assert_eq!(rank(&view, &rtt, &ask, &[0; 4][..]).len(), 1);
     assert_eq!(view.models(), vec!["m".to_string(), "other".to_string()]);
 }
 
@@ -104,10 +112,12 @@ fn load_this_router_added_counts_against_a_worker() {
         region: index("AMS"),
         jurisdictions: &[],
         prompt_tokens: 10,
+        cached: &[],
+        max_waiting: 0,
     };
-    let first = rank(&view, &rtt, &ask, &[0, 0]).iter().next().unwrap();
+    let first = rank(&view, &rtt, &ask, &[0, 0][..]).iter().next().unwrap();
     assert_eq!(view.workers[first.worker as usize].pop, "AMS");
-    let first = rank(&view, &rtt, &ask, &[40, 0]).iter().next().unwrap();
+    let first = rank(&view, &rtt, &ask, &[40, 0][..]).iter().next().unwrap();
     assert_eq!(
         view.workers[first.worker as usize].pop, "FRA",
         "40 unreported requests on a 4-slot worker"
@@ -151,10 +161,19 @@ fn random_fleets_never_break_residency_or_state() {
             region: rng.random_range(0..catalog.len()),
             jurisdictions: &allowed_set,
             prompt_tokens: 100,
+            cached: &[],
+            max_waiting: 64,
         };
-        let ranking = rank(&view, &rtt, &ask, &in_flight);
+        let ranking = rank(&view, &rtt, &ask, &in_flight[..]);
+        let in_flight_of = |i: usize| in_flight[i];
         let eligible = |w: &Worker| {
+            let i = view
+                .workers
+                .iter()
+                .position(|x| std::ptr::eq(x, w))
+                .unwrap();
             w.model == model
+                && w.load.queue_depth + in_flight_of(i) < 64
                 && w.warm
                 && w.healthy
                 && !w.cordoned
@@ -177,4 +196,89 @@ fn random_fleets_never_break_residency_or_state() {
             "an eligible worker exists iff one is ranked"
         );
     }
+}
+
+#[test]
+fn a_cached_prefix_beats_a_slightly_nearer_cold_worker() {
+    use crate::prefix::{PrefixIndex, prompt_hashes};
+    let rtt = RttTable::from_catalog(Catalog::builtin());
+    let prompt: Vec<u32> = (0..2000).collect();
+    let mut hashes = Vec::new();
+    prompt_hashes(&prompt, 16, &mut hashes);
+    let mut warm_cache = worker("CDG", "m");
+    warm_cache.block_size = 16;
+    warm_cache.cached_blocks = hashes[..100].to_vec();
+    let mut other = worker("FRA", "m");
+    other.block_size = 16;
+    other.cached_blocks = vec![1, 2, 3];
+    let view = FleetView::new(1, vec![other, warm_cache]);
+    assert_eq!(view.prefixes.block_size(), 16);
+    let mut cached = Vec::new();
+    view.prefixes.matches(&hashes, &mut cached);
+    assert_eq!(cached, vec![(1, 100)]);
+    let ask = Ask {
+        model: "m",
+        region: index("FRA"),
+        jurisdictions: &[],
+        prompt_tokens: 2000,
+        cached: &cached,
+        max_waiting: 0,
+    };
+    let r = rank(&view, &rtt, &ask, &[0, 0][..]);
+    let best = r.iter().next().unwrap();
+    assert_eq!(view.workers[best.worker as usize].pop, "CDG");
+    assert_eq!(best.cached_tokens, 1600);
+    // 400 uncached tokens at 1,000 tokens/s against 2,000.
+    assert!((best.prefill_ms - 400.0).abs() < 1e-3, "{best:?}");
+    let cold = r.iter().nth(1).unwrap();
+    assert_eq!(cold.cached_tokens, 0);
+    // Without the hit, FRA (the caller's own site) wins.
+    let ask = Ask { cached: &[], ..ask };
+    let best = rank(&view, &rtt, &ask, &[0, 0][..]).iter().next().unwrap();
+    assert_eq!(view.workers[best.worker as usize].pop, "FRA");
+    let _ = PrefixIndex::default();
+}
+
+#[test]
+fn full_queues_are_counted_as_saturated_not_ranked() {
+    let rtt = RttTable::from_catalog(Catalog::builtin());
+    let mut full = worker("AMS", "m");
+    full.load.queue_depth = 10;
+    let view = FleetView::new(1, vec![full, worker("FRA", "m")]);
+    let ask = Ask {
+        model: "m",
+        region: index("AMS"),
+        jurisdictions: &[],
+        prompt_tokens: 10,
+        cached: &[],
+        max_waiting: 12,
+    };
+    // FRA has 12 unseen requests from this router: saturated too.
+    let r = rank(&view, &rtt, &ask, &[0, 12][..]);
+    assert_eq!((r.len(), r.saturated), (1, 1));
+    let r = rank(&view, &rtt, &ask, &[2, 12][..]);
+    assert!(r.is_empty());
+    assert_eq!(r.saturated, 2);
+    // Explain gives every worker of the model, the scored ones first.
+    let eu = ["EU".to_string()];
+    let ask = Ask {
+        jurisdictions: &eu,
+        ..ask
+    };
+    let e = explain(&view, &rtt, &ask, &[0, 0][..]);
+    assert_eq!(e.len(), 2);
+    assert!(e[0].1.is_ok() && e[1].1.is_ok());
+    let e = explain(&view, &rtt, &ask, &[2, 0][..]);
+    assert_eq!(e[0].0, 1);
+    assert_eq!(e[1].1, Err(Excluded::Saturated));
+    let us = ["US".to_string()];
+    let ask = Ask {
+        jurisdictions: &us,
+        ..ask
+    };
+    assert!(
+        explain(&view, &rtt, &ask, &[0, 0][..])
+            .iter()
+            .all(|(_, v)| *v == Err(Excluded::Jurisdiction))
+    );
 }

@@ -13,8 +13,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use meridian_proto::worker::v1 as pb;
 use sha2::{Digest, Sha256};
 
+use crate::demand::{Counts, DemandKey};
 use crate::dispatch::{Accepted, dispatch};
 use crate::openai::{self, ApiError, Endpoint, GenerationRequest, Prompt};
+use crate::prefix;
 use crate::score::{Ask, rank};
 use crate::state::RouterState;
 
@@ -32,7 +34,9 @@ fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) 
 }
 
 fn error(e: &ApiError) -> Response<Body> {
-    metrics::counter!(crate::metrics::REFUSED_TOTAL, "status" => e.status.to_string()).increment(1);
+    let reason = e.code.clone().unwrap_or_else(|| e.kind.to_string());
+    metrics::counter!(crate::metrics::REFUSED_TOTAL, "status" => e.status.to_string(), "reason" => reason)
+        .increment(1);
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut r = full(status, "application/json", e.body());
     if let Some(secs) = e.retry_after
@@ -197,19 +201,61 @@ async fn generate_inner(
     if fleet.view.serving(&request.model).is_empty() {
         return Err(ApiError::not_found_model(&request.model));
     }
-    let prompt_tokens = estimate_tokens(&request.prompt);
+    let demand = DemandKey::new(region, &request.model, &jurisdictions);
+    let worker_request = to_worker(&request);
     let scored = Instant::now();
-    let mut in_flight = Vec::with_capacity(fleet.view.workers.len());
-    fleet.in_flight_snapshot(&mut in_flight);
+    let mut hashes = Vec::new();
+    let mut cached = Vec::new();
+    let prompt_tokens = match state.tokenizers.get(&request.model) {
+        Some(tokenizer) => match tokenizer.prompt_tokens(&worker_request) {
+            Some(tokens) => {
+                prefix::prompt_hashes(&tokens, fleet.view.prefixes.block_size(), &mut hashes);
+                fleet.view.prefixes.matches(&hashes, &mut cached);
+                tokens.len() as u32
+            }
+            None => estimate_tokens(&request.prompt),
+        },
+        None => estimate_tokens(&request.prompt),
+    };
     let ask = Ask {
         model: &request.model,
         region,
         jurisdictions: &jurisdictions,
         prompt_tokens,
+        cached: &cached,
+        max_waiting: state.config.max_waiting_per_worker,
     };
-    let ranking = rank(&fleet.view, &state.rtt, &ask, &in_flight);
+    let ranking = rank(&fleet.view, &state.rtt, &ask, &fleet.in_flight[..]);
+    tracing::debug!(
+        model = %request.model,
+        prompt_tokens,
+        prompt_blocks = hashes.len(),
+        workers_with_prefix = cached.len(),
+        best_cached_blocks = cached.iter().map(|c| c.1).max().unwrap_or(0),
+        candidates = ranking.len(),
+        ranking = ?ranking
+            .iter()
+            .map(|c| (fleet.view.workers[c.worker as usize].pop.as_str(), c.rtt_ms, c.queue_ms, c.prefill_ms))
+            .collect::<Vec<_>>(),
+        "scored"
+    );
     metrics::histogram!(crate::metrics::SCORE_SECONDS).record(scored.elapsed().as_secs_f64());
     if ranking.is_empty() {
+        let refused = Counts {
+            requests: 1,
+            refused: u64::from(ranking.saturated > 0),
+            ..Default::default()
+        };
+        state.demand.add(&demand, refused);
+        if ranking.saturated > 0 {
+            metrics::counter!(crate::metrics::SHED_TOTAL, "model" => request.model.clone())
+                .increment(1);
+            return Err(ApiError::overloaded(format!(
+                "every worker that may serve model `{}` is saturated ({} with {} or more requests waiting); retry after 1 s",
+                request.model, ranking.saturated, state.config.max_waiting_per_worker
+            ))
+            .with_retry_after(1));
+        }
         let wherever = if jurisdictions.is_empty() {
             "anywhere".to_string()
         } else {
@@ -220,7 +266,18 @@ async fn generate_inner(
             request.model
         )));
     }
-    let worker_request = to_worker(&request);
+    state.demand.add(
+        &demand,
+        Counts {
+            requests: 1,
+            ..Default::default()
+        },
+    );
+    let tally = Tally {
+        state: state.clone(),
+        demand,
+        started,
+    };
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(state.config.request_timeout_ms);
     // Tries allowed in all: the first, then `max_retries` more, across the whole request.
@@ -240,16 +297,17 @@ async fn generate_inner(
         )
         .await
         .map_err(|_| ApiError::unavailable("timed out waiting for a worker's first token"))??;
-        metrics::histogram!(crate::metrics::TTFT_SECONDS, "model" => request.model.clone(), "pop" => accepted.pop.clone())
-            .record(started.elapsed().as_secs_f64());
+        let ttft = started.elapsed();
         if request.stream {
-            return Ok(stream_response(request, accepted, started));
+            tally.first_token(&request.model, &accepted.pop, ttft);
+            return Ok(stream_response(request, accepted, tally, ttft));
         }
         attempts_left = attempts_left.saturating_sub(accepted.position + 1 - start);
         start = accepted.position + 1;
-        let whole = tokio::time::timeout_at(deadline, whole_response(&request, accepted, started))
-            .await
-            .map_err(|_| ApiError::unavailable("timed out waiting for the completion"))?;
+        let whole =
+            tokio::time::timeout_at(deadline, whole_response(&request, accepted, &tally, ttft))
+                .await
+                .map_err(|_| ApiError::unavailable("timed out waiting for the completion"))?;
         match whole {
             Ok(response) => return Ok(response),
             // Nothing has reached the client yet: a worker that died mid-generation is
@@ -260,6 +318,42 @@ async fn generate_inner(
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Accounting of one admitted request: its demand sample and latency histograms.
+struct Tally {
+    state: Arc<RouterState>,
+    demand: DemandKey,
+    started: Instant,
+}
+
+impl Tally {
+    fn first_token(&self, model: &str, pop: &str, ttft: Duration) {
+        metrics::histogram!(crate::metrics::TTFT_SECONDS, "model" => model.to_string(), "pop" => pop.to_string())
+            .record(ttft.as_secs_f64());
+    }
+
+    /// A completion finished: end-to-end latency, time per output token after the first,
+    /// and the tokens for the demand report.
+    fn finished(&self, model: &str, pop: &str, ttft: Duration, usage: openai::Usage) {
+        let total = self.started.elapsed();
+        metrics::histogram!(crate::metrics::E2E_SECONDS, "model" => model.to_string(), "pop" => pop.to_string())
+            .record(total.as_secs_f64());
+        if usage.completion_tokens > 1 {
+            let per_token =
+                total.saturating_sub(ttft).as_secs_f64() / f64::from(usage.completion_tokens - 1);
+            metrics::histogram!(crate::metrics::TPOT_SECONDS, "model" => model.to_string(), "pop" => pop.to_string())
+                .record(per_token);
+        }
+        self.state.demand.add(
+            &self.demand,
+            Counts {
+                prompt_tokens: u64::from(usage.prompt_tokens),
+                completion_tokens: u64::from(usage.completion_tokens),
+                ..Default::default()
+            },
+        );
     }
 }
 
@@ -405,7 +499,8 @@ fn with_routing_headers(mut r: Response<Body>, pop: &str, worker: &str) -> Respo
 async fn whole_response(
     request: &GenerationRequest,
     accepted: Accepted,
-    started: Instant,
+    tally: &Tally,
+    ttft: Duration,
 ) -> Result<Response<Body>, ApiError> {
     let Accepted {
         pop,
@@ -425,8 +520,8 @@ async fn whole_response(
         }
         if let Some(reason) = finish_reason(&chunk) {
             drop(guard);
-            metrics::histogram!(crate::metrics::E2E_SECONDS, "model" => request.model.clone(), "pop" => pop.clone())
-                .record(started.elapsed().as_secs_f64());
+            tally.first_token(&request.model, &pop, ttft);
+            tally.finished(&request.model, &pop, ttft, usage_of(&chunk));
             let id = new_id(request.kind);
             let body = openai::completion_body(
                 request.kind,
@@ -464,7 +559,8 @@ async fn whole_response(
 fn stream_response(
     request: GenerationRequest,
     accepted: Accepted,
-    started: Instant,
+    tally: Tally,
+    ttft: Duration,
 ) -> Response<Body> {
     let Accepted {
         pop,
@@ -508,8 +604,7 @@ fn stream_response(
                 }
                 out.push_str(openai::SSE_DONE);
                 let _ = tx.send(Bytes::from(out)).await;
-                metrics::histogram!(crate::metrics::E2E_SECONDS, "model" => request.model.clone(), "pop" => pop_label)
-                    .record(started.elapsed().as_secs_f64());
+                tally.finished(&request.model, &pop_label, ttft, usage_of(&chunk));
                 return;
             }
             if tx

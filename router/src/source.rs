@@ -92,3 +92,74 @@ async fn follow(
         }
     }
 }
+
+/// Reports the demand this router saw to the control plane every
+/// `config.demand_report_ms`, trying `endpoints` in turn. A window that cannot be
+/// delivered is folded into the next one, so no request goes uncounted.
+pub async fn report_demand(state: Arc<RouterState>, endpoints: Vec<String>) {
+    let every = Duration::from_millis(state.config.demand_report_ms);
+    if every.is_zero() || endpoints.is_empty() {
+        return;
+    }
+    let mut next = 0usize;
+    let mut client: Option<ControlPlaneClient<tonic::transport::Channel>> = None;
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let mut window_start = Instant::now();
+    loop {
+        ticker.tick().await;
+        let counts = state.demand.take();
+        let window_ms = window_start.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
+        if counts.is_empty() {
+            window_start = Instant::now();
+            continue;
+        }
+        let end_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let report = crate::demand::report(
+            state.catalog,
+            &state.id,
+            &state.config.site,
+            window_ms.max(1),
+            end_unix_ms,
+            &counts,
+        );
+        let endpoint = &endpoints[next % endpoints.len()];
+        let sent = async {
+            if client.is_none() {
+                let channel = Endpoint::from_shared(endpoint.clone())?
+                    .connect_timeout(Duration::from_secs(2))
+                    .timeout(Duration::from_secs(5))
+                    .connect()
+                    .await?;
+                client = Some(ControlPlaneClient::new(channel));
+            }
+            match client.as_mut() {
+                Some(c) => c
+                    .report_demand(report)
+                    .await
+                    .map(|_| ())
+                    .map_err(Into::into),
+                None => Ok(()),
+            }
+        };
+        let sent: Result<(), Box<dyn std::error::Error + Send + Sync>> = sent.await;
+        match sent {
+            Ok(()) => {
+                metrics::counter!(crate::metrics::DEMAND_REPORTS_TOTAL, "result" => "ok")
+                    .increment(1);
+                window_start = Instant::now();
+            }
+            Err(e) => {
+                tracing::warn!(control = endpoint, error = %e, "demand report failed; keeping the window for the next one");
+                metrics::counter!(crate::metrics::DEMAND_REPORTS_TOTAL, "result" => "failed")
+                    .increment(1);
+                state.demand.restore(counts);
+                client = None;
+                next += 1;
+            }
+        }
+    }
+}

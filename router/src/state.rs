@@ -11,7 +11,9 @@ use meridian_proto::worker::v1::worker_client::WorkerClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::admission::RateLimit;
+use crate::demand::DemandCounter;
 use crate::fleet::{FleetView, RttTable};
+use crate::tokens::Tokenizers;
 
 /// Burst allowed on top of a key's rate: one second's worth, at least one request.
 fn burst(rate: f64) -> u32 {
@@ -38,12 +40,6 @@ impl Fleet {
             broken_until,
         }
     }
-
-    /// In-flight counts as plain numbers for the scorer.
-    pub fn in_flight_snapshot(&self, out: &mut Vec<u32>) {
-        out.clear();
-        out.extend(self.in_flight.iter().map(|c| c.load(Ordering::Relaxed)));
-    }
 }
 
 /// Everything a request handler reads.
@@ -62,6 +58,12 @@ pub struct RouterState {
     pub limits: Vec<Option<RateLimit>>,
     /// Origin of the admission clock.
     pub epoch: std::time::Instant,
+    /// Per model, the tokenizer that gives exact prompt tokens (prefix-aware scoring).
+    pub tokenizers: Tokenizers,
+    /// Demand seen in the current window, for the control plane.
+    pub demand: DemandCounter,
+    /// This router's id in demand reports.
+    pub id: String,
 }
 
 impl RouterState {
@@ -97,8 +99,21 @@ impl RouterState {
                 })
                 .collect(),
             epoch: std::time::Instant::now(),
+            tokenizers: Tokenizers::new(),
+            demand: DemandCounter::default(),
+            id: if config.id.is_empty() {
+                format!("{}-{:08x}", config.site, rand::random::<u32>())
+            } else {
+                config.id.clone()
+            },
             config,
         })
+    }
+
+    /// Sets the tokenizers (before serving).
+    pub fn with_tokenizers(mut self, tokenizers: Tokenizers) -> Self {
+        self.tokenizers = tokenizers;
+        self
     }
 
     /// The current fleet.

@@ -292,11 +292,30 @@ async fn router(args: RouterArgs) -> anyhow::Result<ExitCode> {
         "control_endpoints is empty: the router follows the control plane's fleet feed"
     );
     let metrics = telemetry::install_metrics(None)?;
-    let state = std::sync::Arc::new(meridian_router::state::RouterState::new(
-        cfg.clone(),
-        Some(metrics),
-    )?);
+    let checkpoints: Vec<PathBuf> = if cfg.tokenizers.is_empty() {
+        let default = assets::cached_path(&assets::SMOLLM2);
+        if default.exists() {
+            vec![default]
+        } else {
+            Vec::new()
+        }
+    } else {
+        cfg.tokenizers.clone()
+    };
+    let tokenizers = meridian::tokenize::tokenizers(
+        checkpoints
+            .iter()
+            .map(|p| (meridian_engine::model_id(p), p.as_path())),
+    );
+    let state = std::sync::Arc::new(
+        meridian_router::state::RouterState::new(cfg.clone(), Some(metrics))?
+            .with_tokenizers(tokenizers),
+    );
     let feed = tokio::spawn(meridian_router::source::watch_fleet(
+        state.clone(),
+        cfg.control_endpoints.clone(),
+    ));
+    let demand = tokio::spawn(meridian_router::source::report_demand(
         state.clone(),
         cfg.control_endpoints.clone(),
     ));
@@ -306,6 +325,7 @@ async fn router(args: RouterArgs) -> anyhow::Result<ExitCode> {
     println!("router listening on http://{}", listener.local_addr()?);
     meridian_router::server::serve(state, listener, grpc::ctrl_c()).await?;
     feed.abort();
+    demand.abort();
     Ok(ExitCode::SUCCESS)
 }
 

@@ -60,6 +60,8 @@ enum Command {
     /// Explain routing decisions.
     #[command(subcommand)]
     Route(RouteCommand),
+    /// The demand routers report, smoothed, as the placement solver sees it.
+    Demand,
 }
 
 #[derive(Subcommand)]
@@ -92,14 +94,25 @@ enum PolicyCommand {
 
 #[derive(Subcommand)]
 enum RouteCommand {
-    /// Candidates for a request and their score terms.
+    /// Every worker with the model resident, scored for a request as a router scores
+    /// it on the control plane's current fleet view (with no requests of its own in
+    /// flight and no prefix-cache hits), or the reason it is left out.
     Explain {
         #[arg(long)]
         model: String,
+        /// Caller's region, a catalog site id.
         #[arg(long)]
         region: String,
+        /// Allowed jurisdictions, comma-separated (as `x-meridian-jurisdiction`).
         #[arg(long)]
         jurisdiction: Option<String>,
+        /// Prompt length, tokens.
+        #[arg(long, default_value_t = 256)]
+        prompt_tokens: u32,
+        /// Queue length at which a worker counts as saturated (the router's
+        /// `max_waiting_per_worker`).
+        #[arg(long, default_value_t = 256)]
+        max_waiting: u32,
     },
 }
 
@@ -187,8 +200,174 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Placement(_) | Command::Policy(_) => not_implemented("placement and policy", 11),
-        Command::Route(_) => not_implemented("route explain", 10),
+        Command::Route(RouteCommand::Explain {
+            model,
+            region,
+            jurisdiction,
+            prompt_tokens,
+            max_waiting,
+        }) => {
+            let jurisdictions: Vec<String> = jurisdiction
+                .unwrap_or_default()
+                .split(',')
+                .map(|j| j.trim().to_ascii_uppercase())
+                .filter(|j| !j.is_empty())
+                .collect();
+            route_explain(
+                &cli.control,
+                &model,
+                &region.to_ascii_uppercase(),
+                &jurisdictions,
+                prompt_tokens,
+                max_waiting,
+            )
+            .await
+        }
+        Command::Demand => demand(&cli.control).await,
     }
+}
+
+/// The fleet snapshot: the first event of `WatchFleet`.
+async fn snapshot(endpoint: &str) -> anyhow::Result<(u64, pb::FleetSnapshot)> {
+    let mut stream = control(endpoint)
+        .await?
+        .watch_fleet(pb::WatchFleetRequest { from_revision: 0 })
+        .await
+        .map_err(|s| anyhow::anyhow!("fleet watch refused: {}", s.message()))?
+        .into_inner();
+    let first = stream
+        .message()
+        .await
+        .map_err(|s| anyhow::anyhow!("fleet watch failed: {}", s.message()))?
+        .context("the control plane closed the fleet watch")?;
+    let Some(pb::fleet_event::Event::Snapshot(snapshot)) = first.event else {
+        anyhow::bail!("the fleet watch did not start with a snapshot");
+    };
+    Ok((first.revision, snapshot))
+}
+
+async fn route_explain(
+    endpoint: &str,
+    model: &str,
+    region: &str,
+    jurisdictions: &[String],
+    prompt_tokens: u32,
+    max_waiting: u32,
+) -> anyhow::Result<ExitCode> {
+    use meridian_router::fleet::{FleetFeed, RttTable};
+    use meridian_router::score::{Ask, explain};
+    let catalog = meridian_proto::catalog::Catalog::builtin();
+    let Some(region_index) = catalog.index_of(region) else {
+        anyhow::bail!("region {region:?} is not a catalog site id");
+    };
+    let (revision, snapshot) = snapshot(endpoint).await?;
+    let mut feed = FleetFeed::default();
+    feed.apply(pb::FleetEvent {
+        revision,
+        event: Some(pb::fleet_event::Event::Snapshot(snapshot)),
+    });
+    let view = feed.view(catalog);
+    let rtt = RttTable::from_catalog(catalog);
+    let ask = Ask {
+        model,
+        region: region_index,
+        jurisdictions,
+        prompt_tokens,
+        cached: &[],
+        max_waiting,
+    };
+    let none: &[u32] = &[];
+    let judged = explain(&view, &rtt, &ask, none);
+    let allowed = if jurisdictions.is_empty() {
+        "any".to_string()
+    } else {
+        jurisdictions.join(",")
+    };
+    println!(
+        "model {model}, caller at {region}, jurisdictions {allowed}, {prompt_tokens} prompt tokens (fleet revision {revision})"
+    );
+    if judged.is_empty() {
+        println!("no worker has {model} resident");
+        return Ok(ExitCode::FAILURE);
+    }
+    println!(
+        "{:<4} {:<5} {:<4} {:<8} {:>9} {:>8} {:>8} {:>10}  VERDICT",
+        "RANK", "POP", "JUR", "WORKER", "SCORE MS", "RTT MS", "QUEUE MS", "PREFILL MS"
+    );
+    let mut rank = 0;
+    for (i, verdict) in &judged {
+        let w = &view.workers[*i as usize];
+        match verdict {
+            Ok(c) => {
+                rank += 1;
+                let role = match rank {
+                    1 => "first choice",
+                    n if n <= meridian_router::score::MAX_CANDIDATES => "retry candidate",
+                    _ => "eligible",
+                };
+                println!(
+                    "{:<4} {:<5} {:<4} {:<8} {:>9.2} {:>8.2} {:>8.2} {:>10.2}  {role}",
+                    rank,
+                    w.pop,
+                    w.jurisdiction,
+                    w.worker_id,
+                    c.score_ms,
+                    c.rtt_ms,
+                    c.queue_ms,
+                    c.prefill_ms
+                );
+            }
+            Err(why) => println!(
+                "{:<4} {:<5} {:<4} {:<8} {:>9} {:>8} {:>8} {:>10}  excluded: {}",
+                "-",
+                w.pop,
+                w.jurisdiction,
+                w.worker_id,
+                "-",
+                "-",
+                "-",
+                "-",
+                why.as_str()
+            ),
+        }
+    }
+    Ok(if rank > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn demand(endpoint: &str) -> anyhow::Result<ExitCode> {
+    let summary = control(endpoint)
+        .await?
+        .get_demand(pb::GetDemandRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("demand read refused: {}", s.message()))?
+        .into_inner();
+    println!(
+        "{:<6} {:<28} {:<10} {:>9} {:>12} {:>12} {:>9} {:>7}",
+        "REGION", "MODEL", "JUR", "RPS", "PROMPT TOK/S", "COMPL TOK/S", "REFUSED", "ROUTERS"
+    );
+    for r in &summary.rates {
+        let jur = if r.jurisdictions.is_empty() {
+            "any".to_string()
+        } else {
+            r.jurisdictions.join(",")
+        };
+        println!(
+            "{:<6} {:<28} {:<10} {:>9.3} {:>12.1} {:>12.1} {:>9.3} {:>7}",
+            r.region,
+            r.model,
+            jur,
+            r.rps,
+            r.prompt_tokens_per_s,
+            r.completion_tokens_per_s,
+            r.refused_rps,
+            r.routers
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn control(endpoint: &str) -> anyhow::Result<ControlPlaneClient<tonic::transport::Channel>> {
@@ -205,25 +384,8 @@ async fn control(endpoint: &str) -> anyhow::Result<ControlPlaneClient<tonic::tra
 /// Reads the first event of `WatchFleet` (the snapshot) and prints it.
 async fn fleet_status(endpoint: &str) -> anyhow::Result<ExitCode> {
     use meridian_proto::worker::v1::WorkerState;
-    let mut stream = control(endpoint)
-        .await?
-        .watch_fleet(pb::WatchFleetRequest { from_revision: 0 })
-        .await
-        .map_err(|s| anyhow::anyhow!("fleet watch refused: {}", s.message()))?
-        .into_inner();
-    let first = stream
-        .message()
-        .await
-        .map_err(|s| anyhow::anyhow!("fleet watch failed: {}", s.message()))?
-        .context("the control plane closed the fleet watch")?;
-    let Some(pb::fleet_event::Event::Snapshot(snapshot)) = first.event else {
-        anyhow::bail!("the fleet watch did not start with a snapshot");
-    };
-    println!(
-        "fleet revision {}: {} PoPs",
-        first.revision,
-        snapshot.pops.len()
-    );
+    let (revision, snapshot) = snapshot(endpoint).await?;
+    println!("fleet revision {}: {} PoPs", revision, snapshot.pops.len());
     println!(
         "{:<5} {:<4} {:<10} {:<8} {:<24} {:<9} {:>5} {:>7} {:>11}",
         "POP", "JUR", "STATUS", "WORKER", "MODEL", "STATE", "QUEUE", "RUNNING", "KV FREE"

@@ -111,6 +111,11 @@ impl ApiError {
         Self::new(429, RATE_LIMIT, message).with_code("rate_limit_exceeded")
     }
 
+    /// 429: every worker that may serve the request is saturated; shed, retry later.
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        Self::new(429, RATE_LIMIT, message).with_code("engine_overloaded")
+    }
+
     /// 503: no capacity right now; the client may retry.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(503, SERVER, message).with_code("service_unavailable")
