@@ -83,6 +83,9 @@ impl Keys {
     pub fn demand(&self, router: &str) -> String {
         format!("{}/demand/{router}", self.prefix)
     }
+    pub fn policy(&self) -> String {
+        format!("{}/policy", self.prefix)
+    }
     pub fn placement(&self) -> String {
         format!("{}/placement", self.prefix)
     }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod demand;
 pub mod fleet;
 pub mod leader;
+pub mod policy;
 pub mod reconcile;
 pub mod service;
 pub mod store;

@@ -26,6 +26,7 @@ use crate::cache::FleetCache;
 use crate::demand;
 use crate::fleet::{self, DirectiveRecord, Keys, PopOps, Refusal};
 use crate::leader;
+use crate::policy;
 use crate::store::{LeaseId, Store, StoreError};
 
 /// A control-plane replica.
@@ -112,6 +113,22 @@ impl ControlPlaneService {
     /// This replica's live fleet.
     pub fn cache(&self) -> &Arc<FleetCache> {
         &self.inner.cache
+    }
+
+    /// The stored policy (revision 0 and empty before any was set) and its key's mod
+    /// revision (0: none), for a conditional write.
+    async fn policy(&self) -> Result<(pb::Policy, u64), Status> {
+        match timed(self.inner.store.get(&self.inner.keys.policy()))
+            .await
+            .map_err(store_status)?
+        {
+            Some(kv) => {
+                let policy = pb::Policy::decode(kv.value.as_slice())
+                    .map_err(|e| Status::internal(format!("stored policy is unreadable: {e}")))?;
+                Ok((policy, kv.mod_revision))
+            }
+            None => Ok((pb::Policy::default(), 0)),
+        }
     }
 
     /// Read-modify-write of a PoP's operator state, retried on conflicts.
@@ -729,13 +746,45 @@ impl ControlPlane for ControlPlaneService {
         &self,
         _request: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::Policy>, Status> {
-        Err(unimplemented("GetPolicy"))
+        Ok(Response::new(self.policy().await?.0))
     }
 
     async fn set_policy(
         &self,
-        _request: Request<pb::Policy>,
+        request: Request<pb::Policy>,
     ) -> Result<Response<pb::Policy>, Status> {
-        Err(unimplemented("SetPolicy"))
+        let mut next = request.into_inner();
+        policy::check(self.inner.catalog, &next).map_err(refused)?;
+        let (current, mod_revision) = self.policy().await?;
+        if next.revision != current.revision {
+            return Err(Status::aborted(format!(
+                "the policy is at revision {}, not {}: read it again and retry",
+                current.revision, next.revision
+            )));
+        }
+        next.revision = current.revision + 1;
+        match timed(self.inner.store.put_if(
+            &self.inner.keys.policy(),
+            next.encode_to_vec(),
+            mod_revision,
+            0,
+        ))
+        .await
+        {
+            Ok(_) => {}
+            Err(StoreError::Conflict { .. }) => {
+                return Err(Status::aborted(
+                    "the policy changed while it was being set: read it again and retry",
+                ));
+            }
+            Err(e) => return Err(store_status(e)),
+        }
+        tracing::info!(
+            revision = next.revision,
+            rules = next.rules.len(),
+            pins = next.pins.len(),
+            "policy set"
+        );
+        Ok(Response::new(next))
     }
 }

@@ -52,12 +52,51 @@ pub struct Worker {
     pub cached_blocks: Vec<u64>,
 }
 
+/// What the scorer reads of a worker, packed (32 bytes) so a pass over thousands of
+/// candidates streams a few cache lines per worker instead of whole `Worker`s.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Hot {
+    pub site_index: u32,
+    /// Index into `FleetView::jurisdictions`.
+    pub jurisdiction: u32,
+    /// Warm, healthy and not cordoned.
+    pub open: bool,
+    pub queue_depth: u32,
+    pub running: u32,
+    pub max_running: u32,
+    pub mean_step_ms: f32,
+    pub prefill_speed: f32,
+}
+
+/// Jurisdictions a request may be served in, as a bit set over
+/// `FleetView::jurisdictions` (at most 256 distinct ones in a view).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JurisdictionSet {
+    any: bool,
+    bits: [u64; 4],
+}
+
+impl JurisdictionSet {
+    #[inline]
+    pub fn contains(&self, id: u32) -> bool {
+        self.any
+            || self
+                .bits
+                .get(id as usize / 64)
+                .is_some_and(|b| b & (1 << (id % 64)) != 0)
+    }
+}
+
 /// An immutable snapshot of the fleet.
 #[derive(Debug, Clone, Default)]
 pub struct FleetView {
     /// Fleet revision this view reflects.
     pub revision: u64,
     pub workers: Vec<Worker>,
+    /// The scorer's fields of `workers`, same indexes.
+    pub hot: Vec<Hot>,
+    /// Distinct jurisdictions of the workers' PoPs; `Hot::jurisdiction` indexes it.
+    pub jurisdictions: Vec<String>,
     /// Model id -> indexes into `workers`.
     by_model: HashMap<String, Vec<u32>>,
     /// Which workers hold which prompt prefixes.
@@ -70,6 +109,29 @@ impl FleetView {
         for (i, w) in workers.iter().enumerate() {
             by_model.entry(w.model.clone()).or_default().push(i as u32);
         }
+        let mut jurisdictions: Vec<String> = Vec::new();
+        let hot = workers
+            .iter()
+            .map(|w| {
+                let jurisdiction = match jurisdictions.iter().position(|j| *j == w.jurisdiction) {
+                    Some(j) => j,
+                    None => {
+                        jurisdictions.push(w.jurisdiction.clone());
+                        jurisdictions.len() - 1
+                    }
+                } as u32;
+                Hot {
+                    site_index: w.site_index as u32,
+                    jurisdiction,
+                    open: w.warm && w.healthy && !w.cordoned,
+                    queue_depth: w.load.queue_depth,
+                    running: w.load.running,
+                    max_running: w.load.max_running,
+                    mean_step_ms: w.load.mean_step_ms,
+                    prefill_speed: w.load.prefill_speed,
+                }
+            })
+            .collect();
         let prefixes = PrefixIndex::build(
             workers
                 .iter()
@@ -78,9 +140,28 @@ impl FleetView {
         Self {
             revision,
             workers,
+            hot,
+            jurisdictions,
             by_model,
             prefixes,
         }
+    }
+
+    /// `allowed` (empty: any) as a set over this view's jurisdictions. A jurisdiction no
+    /// worker is in adds nothing: no worker can match it.
+    pub fn jurisdiction_set(&self, allowed: &[String]) -> JurisdictionSet {
+        let mut set = JurisdictionSet {
+            any: allowed.is_empty(),
+            bits: [0; 4],
+        };
+        for a in allowed {
+            if let Some(id) = self.jurisdictions.iter().position(|j| j == a)
+                && let Some(word) = set.bits.get_mut(id / 64)
+            {
+                *word |= 1 << (id % 64);
+            }
+        }
+        set
     }
 
     /// Workers that have `model` resident (any state).

@@ -14,7 +14,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::fleet::{FleetView, RttTable};
+use crate::fleet::{FleetView, JurisdictionSet, RttTable};
 
 /// Candidates kept per request: the first, then retries.
 pub const MAX_CANDIDATES: usize = 3;
@@ -33,10 +33,10 @@ pub struct Ask<'a> {
     pub jurisdictions: &'a [String],
     /// Prompt length, tokens (exact when the router has the model's tokenizer).
     pub prompt_tokens: u32,
-    /// Leading prompt blocks each worker holds in its prefix cache, as
-    /// `(worker, blocks)` sorted by worker (`PrefixIndex::matches`); blocks are
+    /// Leading prompt blocks each worker holds in its prefix cache, indexed by worker
+    /// (`PrefixIndex::matches`; empty: none); blocks are
     /// `FleetView::prefixes.block_size()` tokens.
-    pub cached: &'a [(u32, u32)],
+    pub cached: &'a [u32],
     /// Requests a worker may have waiting (reported plus unseen) before it counts as
     /// saturated and is passed over; 0: no limit.
     pub max_waiting: u32,
@@ -155,42 +155,44 @@ fn judge(
     view: &FleetView,
     rtt: &RttTable,
     ask: &Ask<'_>,
+    allowed_set: &JurisdictionSet,
     in_flight: &(impl Unseen + ?Sized),
     i: u32,
     cached_blocks: u32,
 ) -> Result<Candidate, Excluded> {
-    let w = &view.workers[i as usize];
-    if !w.warm {
-        return Err(Excluded::NotWarm);
+    let h = &view.hot[i as usize];
+    if !h.open {
+        let w = &view.workers[i as usize];
+        return Err(if !w.warm {
+            Excluded::NotWarm
+        } else if !w.healthy {
+            Excluded::Unhealthy
+        } else {
+            Excluded::Cordoned
+        });
     }
-    if !w.healthy {
-        return Err(Excluded::Unhealthy);
-    }
-    if w.cordoned {
-        return Err(Excluded::Cordoned);
-    }
-    if !allowed(ask.jurisdictions, &w.jurisdiction) {
+    if !allowed_set.contains(h.jurisdiction) {
         return Err(Excluded::Jurisdiction);
     }
-    let waiting = w.load.queue_depth + in_flight.unseen(i as usize);
+    let waiting = h.queue_depth + in_flight.unseen(i as usize);
     if ask.max_waiting > 0 && waiting >= ask.max_waiting {
         return Err(Excluded::Saturated);
     }
-    let step_ms = if w.load.mean_step_ms > 0.0 {
-        w.load.mean_step_ms
+    let step_ms = if h.mean_step_ms > 0.0 {
+        h.mean_step_ms
     } else {
         DEFAULT_STEP_MS
     };
-    let tps = if w.load.prefill_speed > 0.0 {
-        w.load.prefill_speed
+    let tps = if h.prefill_speed > 0.0 {
+        h.prefill_speed
     } else {
         DEFAULT_PREFILL_TPS
     };
     // A worker with free sequence slots admits at the next step; beyond them each
     // waiting request holds the queue for about one step per generated token batch.
-    let over = (w.load.running + waiting).saturating_sub(w.load.max_running.max(1));
+    let over = (h.running + waiting).saturating_sub(h.max_running.max(1));
     let queue_ms = step_ms * (1.0 + over as f32);
-    let rtt_ms = rtt.get(ask.region, w.site_index);
+    let rtt_ms = rtt.get(ask.region, h.site_index as usize);
     let cached_tokens = (cached_blocks as usize * view.prefixes.block_size())
         .min(ask.prompt_tokens as usize) as u32;
     let prefill_ms = (ask.prompt_tokens - cached_tokens) as f32 * 1000.0 / tps;
@@ -213,20 +215,10 @@ pub fn rank(
     in_flight: &(impl Unseen + ?Sized),
 ) -> Ranking {
     let mut ranking = Ranking::default();
-    // `serving` and `ask.cached` are both sorted by worker: walk them together.
-    let mut hits = ask.cached.iter().peekable();
+    let allowed_set = view.jurisdiction_set(ask.jurisdictions);
     for &i in view.serving(ask.model) {
-        let mut blocks = 0;
-        while let Some(&&(w, b)) = hits.peek() {
-            if w > i {
-                break;
-            }
-            if w == i {
-                blocks = b;
-            }
-            hits.next();
-        }
-        match judge(view, rtt, ask, in_flight, i, blocks) {
+        let blocks = ask.cached.get(i as usize).copied().unwrap_or(0);
+        match judge(view, rtt, ask, &allowed_set, in_flight, i, blocks) {
             Ok(c) => ranking.offer(c),
             Err(Excluded::Saturated) => ranking.saturated += 1,
             Err(_) => {}
@@ -243,15 +235,13 @@ pub fn explain(
     ask: &Ask<'_>,
     in_flight: &(impl Unseen + ?Sized),
 ) -> Vec<(u32, Result<Candidate, Excluded>)> {
+    let allowed_set = view.jurisdiction_set(ask.jurisdictions);
     let mut out: Vec<(u32, Result<Candidate, Excluded>)> = view
         .serving(ask.model)
         .iter()
         .map(|&i| {
-            let blocks = ask
-                .cached
-                .binary_search_by_key(&i, |&(w, _)| w)
-                .map_or(0, |k| ask.cached[k].1);
-            (i, judge(view, rtt, ask, in_flight, i, blocks))
+            let blocks = ask.cached.get(i as usize).copied().unwrap_or(0);
+            (i, judge(view, rtt, ask, &allowed_set, in_flight, i, blocks))
         })
         .collect();
     out.sort_by(|a, b| match (&a.1, &b.1) {

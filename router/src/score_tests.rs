@@ -215,7 +215,7 @@ fn a_cached_prefix_beats_a_slightly_nearer_cold_worker() {
     assert_eq!(view.prefixes.block_size(), 16);
     let mut cached = Vec::new();
     view.prefixes.matches(&hashes, &mut cached);
-    assert_eq!(cached, vec![(1, 100)]);
+    assert_eq!(cached, vec![0, 100]);
     let ask = Ask {
         model: "m",
         region: index("FRA"),

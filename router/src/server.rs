@@ -22,6 +22,13 @@ use crate::state::RouterState;
 
 type Body = BoxBody<Bytes, Infallible>;
 
+thread_local! {
+    /// A request's prompt block hashes and per-worker cached depths, reused.
+    static SCRATCH: std::cell::RefCell<(Vec<u64>, Vec<u32>)> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    };
+}
+
 /// Tokens generated when a request names no limit.
 pub const DEFAULT_MAX_TOKENS: u32 = 512;
 
@@ -204,41 +211,48 @@ async fn generate_inner(
     let demand = DemandKey::new(region, &request.model, &jurisdictions);
     let worker_request = to_worker(&request);
     let scored = Instant::now();
-    let mut hashes = Vec::new();
-    let mut cached = Vec::new();
-    let prompt_tokens = match state.tokenizers.get(&request.model) {
-        Some(tokenizer) => match tokenizer.prompt_tokens(&worker_request) {
-            Some(tokens) => {
-                prefix::prompt_hashes(&tokens, fleet.view.prefixes.block_size(), &mut hashes);
-                fleet.view.prefixes.matches(&hashes, &mut cached);
-                tokens.len() as u32
-            }
-            None => estimate_tokens(&request.prompt),
-        },
-        None => estimate_tokens(&request.prompt),
-    };
-    let ask = Ask {
-        model: &request.model,
-        region,
-        jurisdictions: &jurisdictions,
-        prompt_tokens,
-        cached: &cached,
-        max_waiting: state.config.max_waiting_per_worker,
-    };
-    let ranking = rank(&fleet.view, &state.rtt, &ask, &fleet.in_flight[..]);
-    tracing::debug!(
-        model = %request.model,
-        prompt_tokens,
-        prompt_blocks = hashes.len(),
-        workers_with_prefix = cached.len(),
-        best_cached_blocks = cached.iter().map(|c| c.1).max().unwrap_or(0),
-        candidates = ranking.len(),
-        ranking = ?ranking
-            .iter()
-            .map(|c| (fleet.view.workers[c.worker as usize].pop.as_str(), c.rtt_ms, c.queue_ms, c.prefill_ms))
-            .collect::<Vec<_>>(),
-        "scored"
-    );
+    // The exact prompt tokens, when the router has the model's tokenizer: the length
+    // and the blocks to look up in the fleet's prefix index.
+    let tokens = state
+        .tokenizers
+        .get(&request.model)
+        .and_then(|t| t.prompt_tokens(&worker_request));
+    let prompt_tokens = tokens
+        .as_ref()
+        .map_or_else(|| estimate_tokens(&request.prompt), |t| t.len() as u32);
+    // Per-thread scratch for the block hashes and per-worker depths: nothing is
+    // allocated per request once a thread has served one.
+    let ranking = SCRATCH.with(|scratch| {
+        let (hashes, cached) = &mut *scratch.borrow_mut();
+        hashes.clear();
+        cached.clear();
+        if let Some(tokens) = &tokens {
+            prefix::prompt_hashes(tokens, fleet.view.prefixes.block_size(), hashes);
+            fleet.view.prefixes.matches(hashes, cached);
+        }
+        let ask = Ask {
+            model: &request.model,
+            region,
+            jurisdictions: &jurisdictions,
+            prompt_tokens,
+            cached,
+            max_waiting: state.config.max_waiting_per_worker,
+        };
+        let ranking = rank(&fleet.view, &state.rtt, &ask, &fleet.in_flight[..]);
+        tracing::debug!(
+            model = %request.model,
+            prompt_tokens,
+            prompt_blocks = hashes.len(),
+            best_cached_blocks = cached.iter().max().copied().unwrap_or(0),
+            candidates = ranking.len(),
+            ranking = ?ranking
+                .iter()
+                .map(|c| (fleet.view.workers[c.worker as usize].pop.as_str(), c.rtt_ms, c.queue_ms, c.prefill_ms))
+                .collect::<Vec<_>>(),
+            "scored"
+        );
+        ranking
+    });
     metrics::histogram!(crate::metrics::SCORE_SECONDS).record(scored.elapsed().as_secs_f64());
     if ranking.is_empty() {
         let refused = Counts {

@@ -199,7 +199,48 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{pop} {what} (fleet revision {revision})");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Placement(_) | Command::Policy(_) => not_implemented("placement and policy", 11),
+        Command::Policy(PolicyCommand::Show) => {
+            let policy = control(&cli.control)
+                .await?
+                .get_policy(pb::GetPolicyRequest {})
+                .await
+                .map_err(|s| anyhow::anyhow!("policy read refused: {}", s.message()))?
+                .into_inner();
+            println!("# policy revision {}", policy.revision);
+            print!(
+                "{}",
+                toml::to_string(&meridian_placement::policy::PolicyFile::from_pb(&policy))?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Set { file }) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let wanted = meridian_placement::policy::PolicyFile::parse(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let mut client = control(&cli.control).await?;
+            let current = client
+                .get_policy(pb::GetPolicyRequest {})
+                .await
+                .map_err(|s| anyhow::anyhow!("policy read refused: {}", s.message()))?
+                .into_inner();
+            let policy = wanted
+                .to_pb(current.revision)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let set = client
+                .set_policy(policy)
+                .await
+                .map_err(|s| anyhow::anyhow!("policy refused: {}", s.message()))?
+                .into_inner();
+            println!(
+                "policy set: revision {}, {} rules, {} pins",
+                set.revision,
+                set.rules.len(),
+                set.pins.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Placement(_) => not_implemented("placement plan, diff and apply", 11),
         Command::Route(RouteCommand::Explain {
             model,
             region,
