@@ -6,6 +6,7 @@ pub mod assets;
 pub mod config;
 pub mod control;
 pub mod grpc;
+pub mod placement_cmd;
 pub mod pop;
 pub mod telemetry;
 pub mod tokenize;

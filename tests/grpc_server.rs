@@ -94,7 +94,8 @@ async fn control_plane_serves_health_reflection_and_metrics() {
     assert!(!files.file_descriptor_proto.is_empty());
 
     // The service answers: a registration naming no catalog PoP is refused with the
-    // reason, and RPCs of the placement solver (not built yet) say so clearly.
+    // reason; the policy starts empty at revision 0, a bad one is refused naming the
+    // field, a stale revision is ABORTED, and a good one moves the revision.
     let mut client = ControlPlaneClient::new(channel);
     let err = client
         .register(RegisterRequest::default())
@@ -102,12 +103,44 @@ async fn control_plane_serves_health_reflection_and_metrics() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
     assert!(err.message().contains("catalog"), "{}", err.message());
+    use meridian_proto::control::v1 as cpb;
+    let policy = client
+        .get_policy(cpb::GetPolicyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((policy.revision, policy.pins.len()), (0, 0));
+    let pin = |site: &str| cpb::Pin {
+        model: "SmolLM2-135M-Instruct".into(),
+        site: site.into(),
+        min_replicas: 1,
+    };
     let err = client
-        .get_policy(meridian_proto::control::v1::GetPolicyRequest {})
+        .set_policy(cpb::Policy {
+            pins: vec![pin("ZZZ")],
+            ..Default::default()
+        })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(err.message().contains("GetPolicy"), "{}", err.message());
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("pins[0].site"), "{}", err.message());
+    let set = client
+        .set_policy(cpb::Policy {
+            pins: vec![pin("AMS")],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(set.revision, 1);
+    let err = client
+        .set_policy(cpb::Policy {
+            revision: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Aborted, "{}", err.message());
 
     // meridianctl's health check agrees.
     let out = meridianctl()

@@ -76,17 +76,21 @@ fn separate_roles_route_by_geography_and_survive_a_killed_pop() {
         );
     }
 
-    // Prefix-aware scoring: a long prompt first served at AMS (nearest to LHR) is sent
-    // again from Tokyo; AMS holds its blocks, which saves more prefill than the longer
+    // Prefix-aware scoring: a long prompt first served at AMS is sent again from Tokyo; AMS holds its blocks, which saves more prefill than the longer
     // trip costs, so AMS serves it again instead of SIN.
     let long_prompt = "Meridian routes each request to the worker that answers first. ".repeat(60);
     let long_body = format!(
         r#"{{"model": "SmolLM2-135M-Instruct", "messages": [{{"role": "user", "content": "{long_prompt}"}}], "max_tokens": 2, "temperature": 0}}"#
     );
+    // The first time it is held to the EU, so it lands at AMS whatever the two
+    // workers' measured prefill speeds say.
     let (status, head, body) = http_post(
         router_addr,
         "/v1/chat/completions",
-        &[("x-meridian-region", "LHR")],
+        &[
+            ("x-meridian-region", "LHR"),
+            ("x-meridian-jurisdiction", "EU"),
+        ],
         &long_body,
     )
     .unwrap();

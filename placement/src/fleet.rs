@@ -86,6 +86,9 @@ impl Keys {
     pub fn policy(&self) -> String {
         format!("{}/policy", self.prefix)
     }
+    pub fn plan(&self, id: &str) -> String {
+        format!("{}/plans/{id}", self.prefix)
+    }
     pub fn placement(&self) -> String {
         format!("{}/placement", self.prefix)
     }

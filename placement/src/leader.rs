@@ -11,7 +11,9 @@ use prost::Message;
 use tokio::sync::watch;
 
 use crate::cache::FleetCache;
+use crate::config::PlacementConfig;
 use crate::fleet::{DirectiveRecord, Keys};
+use crate::planning;
 use crate::reconcile::{Action, Existing, reconcile};
 use crate::store::{Store, StoreError};
 
@@ -28,6 +30,7 @@ pub async fn run(
     store: Arc<dyn Store>,
     keys: Keys,
     cache: Arc<FleetCache>,
+    placement: PlacementConfig,
     replica_id: String,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -73,7 +76,18 @@ pub async fn run(
             tracing::info!(replica = replica_id, "became leader");
             let mut tick = tokio::time::interval(ROUND_EVERY);
             let mut failing = false;
+            let mut planned = tokio::time::Instant::now();
             loop {
+                let plan_due = placement.interval_ms > 0
+                    && planned.elapsed() >= Duration::from_millis(placement.interval_ms);
+                if plan_due {
+                    planned = tokio::time::Instant::now();
+                    if let Err(e) = planning::auto_round(&store, &keys, &cache, &placement).await {
+                        tracing::warn!(error = %e, "placement round failed");
+                        metrics::counter!("meridian_control_placement_rounds_failed_total")
+                            .increment(1);
+                    }
+                }
                 tokio::select! {
                     _ = tick.tick() => {
                         match round(&*store, &keys, &cache).await {

@@ -4,8 +4,8 @@
 //! and a router may watch any replica and resume on another.
 //!
 //! Demand intake (ReportDemand, GetDemand) folds routers' windows into smoothed rates
-//! (`crate::demand`). Placement (Plan, Apply, GetPlacement) and policy belong to the
-//! placement-solver work and answer UNIMPLEMENTED with a message until it lands.
+//! (`crate::demand`); Plan, Apply and GetPlacement go through `crate::planning`;
+//! GetPolicy and SetPolicy keep the policy with an optimistic revision.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use crate::cache::FleetCache;
 use crate::demand;
 use crate::fleet::{self, DirectiveRecord, Keys, PopOps, Refusal};
 use crate::leader;
+use crate::planning::{self, PlanningError};
 use crate::policy;
 use crate::store::{LeaseId, Store, StoreError};
 
@@ -96,6 +97,7 @@ impl ControlPlaneService {
             store.clone(),
             keys.clone(),
             cache.clone(),
+            config.placement.clone(),
             replica_id,
             stop,
         ));
@@ -194,10 +196,15 @@ impl Drop for Subscriber {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-fn unimplemented(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "ControlPlane.{rpc} belongs to the placement solver, which is not built yet"
-    ))
+fn planning_status(e: PlanningError) -> Status {
+    match e {
+        PlanningError::Store(e) => store_status(e),
+        PlanningError::Infeasible(m) => Status::failed_precondition(m),
+        e @ PlanningError::UnknownPlan(_) => Status::not_found(e.to_string()),
+        e @ PlanningError::Invalid { .. } => Status::failed_precondition(e.to_string()),
+        e @ PlanningError::Moved { .. } => Status::aborted(e.to_string()),
+        PlanningError::Internal(m) => Status::internal(m),
+    }
 }
 
 /// One agent's Report stream: session state and the loop that serves it.
@@ -670,23 +677,53 @@ impl ControlPlane for ControlPlaneService {
 
     async fn plan(
         &self,
-        _request: Request<pb::PlanRequest>,
+        request: Request<pb::PlanRequest>,
     ) -> Result<Response<pb::PlanResponse>, Status> {
-        Err(unimplemented("Plan"))
+        let req = request.into_inner();
+        let inner = &self.inner;
+        let (plan, instance) = planning::plan(
+            &*inner.store,
+            &inner.keys,
+            &inner.cache,
+            &inner.config.placement,
+            req.max_moves,
+        )
+        .await
+        .map_err(planning_status)?;
+        tracing::info!(
+            plan = plan.id,
+            valid = plan.valid,
+            changes = plan.response(None).changes.len(),
+            seconds = plan.seconds,
+            "plan made"
+        );
+        Ok(Response::new(plan.response(Some(&instance))))
     }
 
     async fn apply(
         &self,
-        _request: Request<pb::ApplyRequest>,
+        request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
-        Err(unimplemented("Apply"))
+        let req = request.into_inner();
+        let revision = planning::apply(
+            &*self.inner.store,
+            &self.inner.keys,
+            &req.plan_id,
+            req.expected_revision,
+        )
+        .await
+        .map_err(planning_status)?;
+        Ok(Response::new(pb::ApplyResponse { revision }))
     }
 
     async fn get_placement(
         &self,
         _request: Request<pb::GetPlacementRequest>,
     ) -> Result<Response<pb::Placement>, Status> {
-        Err(unimplemented("GetPlacement"))
+        let (placement, _) = planning::placement(&*self.inner.store, &self.inner.keys)
+            .await
+            .map_err(planning_status)?;
+        Ok(Response::new(placement))
     }
 
     async fn drain(

@@ -101,6 +101,9 @@ pub struct FleetView {
     by_model: HashMap<String, Vec<u32>>,
     /// Which workers hold which prompt prefixes.
     pub prefixes: PrefixIndex,
+    /// Every model this router has seen resident in the fleet, here now or not: a model
+    /// between placements is unavailable (503), not unknown (404).
+    pub known_models: std::collections::BTreeSet<String>,
 }
 
 impl FleetView {
@@ -137,6 +140,7 @@ impl FleetView {
                 .iter()
                 .map(|w| (w.block_size, w.cached_blocks.as_slice())),
         );
+        let known_models = by_model.keys().filter(|m| !m.is_empty()).cloned().collect();
         Self {
             revision,
             workers,
@@ -144,6 +148,7 @@ impl FleetView {
             jurisdictions,
             by_model,
             prefixes,
+            known_models,
         }
     }
 
@@ -216,6 +221,8 @@ pub struct FleetFeed {
     /// Revision of the last event applied; where a reconnecting watch resumes.
     pub revision: u64,
     pops: std::collections::BTreeMap<String, meridian_proto::control::v1::PopState>,
+    /// Every model seen resident so far.
+    known_models: std::collections::BTreeSet<String>,
 }
 
 impl FleetFeed {
@@ -239,7 +246,7 @@ impl FleetFeed {
 
     /// The view routers score on. PoPs outside the catalog are left out (the control
     /// plane refuses them; a router never guesses a location).
-    pub fn view(&self, catalog: &Catalog) -> FleetView {
+    pub fn view(&mut self, catalog: &Catalog) -> FleetView {
         use meridian_proto::control::v1::PopStatus;
         use meridian_proto::worker::v1::WorkerState;
         let mut workers = Vec::new();
@@ -275,6 +282,9 @@ impl FleetFeed {
                 });
             }
         }
-        FleetView::new(self.revision, workers)
+        let mut view = FleetView::new(self.revision, workers);
+        self.known_models.extend(view.known_models.iter().cloned());
+        view.known_models.clone_from(&self.known_models);
+        view
     }
 }

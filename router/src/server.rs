@@ -206,6 +206,13 @@ async fn generate_inner(
 
     let fleet = state.fleet();
     if fleet.view.serving(&request.model).is_empty() {
+        if fleet.view.known_models.contains(&request.model) {
+            return Err(ApiError::unavailable(format!(
+                "model `{}` is not resident on any worker right now (it is being placed); retry shortly",
+                request.model
+            ))
+            .with_retry_after(1));
+        }
         return Err(ApiError::not_found_model(&request.model));
     }
     let demand = DemandKey::new(region, &request.model, &jurisdictions);

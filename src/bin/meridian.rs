@@ -251,7 +251,15 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Placement(_) => not_implemented("the placement solver", 11),
+        Command::Placement(PlacementCommand::Solve {
+            instance,
+            out,
+            seed,
+            exact,
+        }) => meridian::placement_cmd::solve(&instance, out.as_deref(), seed, exact),
+        Command::Placement(PlacementCommand::Check { instance, plan }) => {
+            meridian::placement_cmd::check(&instance, &plan)
+        }
     }
 }
 

@@ -72,16 +72,24 @@ enum FleetCommand {
 
 #[derive(Subcommand)]
 enum PlacementCommand {
-    /// What the solver would change now, as a table.
+    /// What the solver would change now, as a table (nothing is applied).
     Plan {
         /// Also write the live fleet as a placement instance file.
         #[arg(long)]
         dump_instance: Option<std::path::PathBuf>,
+        /// Most replica moves; 0: the policy's `max_moves_per_round`.
+        #[arg(long, default_value_t = 0)]
+        max_moves: u32,
     },
     /// Desired placement against what is resident.
     Diff,
-    /// Apply a plan.
-    Apply { plan_id: String },
+    /// Apply a plan made by `placement plan`.
+    Apply {
+        plan_id: String,
+        /// The placement revision the plan was made against; 0: the plan's own.
+        #[arg(long, default_value_t = 0)]
+        expected_revision: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -132,11 +140,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn not_implemented(what: &str, issue: u32) -> anyhow::Result<ExitCode> {
-    eprintln!("meridianctl: {what} is not implemented yet (tracked in issue {issue})");
-    Ok(ExitCode::from(2))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -240,7 +243,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Placement(_) => not_implemented("placement plan, diff and apply", 11),
+        Command::Placement(PlacementCommand::Plan {
+            dump_instance,
+            max_moves,
+        }) => placement_plan(&cli.control, dump_instance.as_deref(), max_moves).await,
+        Command::Placement(PlacementCommand::Diff) => placement_diff(&cli.control).await,
+        Command::Placement(PlacementCommand::Apply {
+            plan_id,
+            expected_revision,
+        }) => {
+            let revision = control(&cli.control)
+                .await?
+                .apply(pb::ApplyRequest {
+                    plan_id: plan_id.clone(),
+                    expected_revision,
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("apply refused: {}", s.message()))?
+                .into_inner()
+                .revision;
+            println!("plan {plan_id} applied: placement revision {revision}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Route(RouteCommand::Explain {
             model,
             region,
@@ -266,6 +290,108 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Demand => demand(&cli.control).await,
     }
+}
+
+async fn placement_plan(
+    endpoint: &str,
+    dump_instance: Option<&std::path::Path>,
+    max_moves: u32,
+) -> anyhow::Result<ExitCode> {
+    let plan = control(endpoint)
+        .await?
+        .plan(pb::PlanRequest { max_moves })
+        .await
+        .map_err(|s| anyhow::anyhow!("plan refused: {}", s.message()))?
+        .into_inner();
+    if let Some(path) = dump_instance {
+        std::fs::write(path, &plan.instance_json)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("instance written to {}", path.display());
+    }
+    let o = plan.objective.unwrap_or_default();
+    println!(
+        "plan {} against placement revision {}: {}",
+        plan.plan_id,
+        plan.base_revision,
+        if plan.valid { "valid" } else { "INVALID" }
+    );
+    println!(
+        "objective {:.3} = unserved {:.3} rps, GPU cost {:.3}, {} moves",
+        o.total, o.unserved_rps, o.gpu_cost, o.moves
+    );
+    for v in &plan.violations {
+        println!("violation: {v}");
+    }
+    for n in &plan.notes {
+        println!("note: {n}");
+    }
+    if plan.changes.is_empty() {
+        println!("no change");
+    } else {
+        println!(
+            "{:<28} {:<5} {:<6} {:>5} {:>5}",
+            "MODEL", "SITE", "KIND", "FROM", "TO"
+        );
+        for c in &plan.changes {
+            let kind = if c.gpu_kind.is_empty() {
+                "cpu"
+            } else {
+                &c.gpu_kind
+            };
+            println!(
+                "{:<28} {:<5} {:<6} {:>5} {:>5}",
+                c.model, c.site, kind, c.from_replicas, c.to_replicas
+            );
+        }
+        println!("apply with: meridianctl placement apply {}", plan.plan_id);
+    }
+    Ok(if plan.valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn placement_diff(endpoint: &str) -> anyhow::Result<ExitCode> {
+    use std::collections::BTreeMap;
+    let desired = control(endpoint)
+        .await?
+        .get_placement(pb::GetPlacementRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("placement read refused: {}", s.message()))?
+        .into_inner();
+    let (revision, snapshot) = snapshot(endpoint).await?;
+    let mut rows: BTreeMap<(String, String, String), (u32, u32)> = BTreeMap::new();
+    for a in &desired.assignments {
+        rows.entry((a.model.clone(), a.site.clone(), a.gpu_kind.clone()))
+            .or_default()
+            .0 += a.replicas;
+    }
+    for r in meridian_placement::planner::resident(&snapshot.pops) {
+        let wire = meridian_placement::planner::wire_kind(&r.gpu).to_string();
+        rows.entry((r.model, r.site, wire)).or_default().1 += r.replicas;
+    }
+    println!(
+        "desired placement revision {} against the fleet at revision {revision}",
+        desired.revision
+    );
+    if desired.revision == 0 {
+        println!("no placement applied yet: residency is as the PoP agents started it");
+    }
+    println!(
+        "{:<28} {:<5} {:<6} {:>7} {:>8}",
+        "MODEL", "SITE", "KIND", "DESIRED", "RESIDENT"
+    );
+    for ((model, site, kind), (want, have)) in &rows {
+        let kind = if kind.is_empty() { "cpu" } else { kind };
+        let mark = if want == have || desired.revision == 0 {
+            ""
+        } else {
+            "  *"
+        };
+        println!("{model:<28} {site:<5} {kind:<6} {want:>7} {have:>8}{mark}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The fleet snapshot: the first event of `WatchFleet`.

@@ -1,0 +1,288 @@
+//! The exact reference: the same problem as a mixed-integer linear program, solved by
+//! HiGHS (through `good_lp`), to measure the fast solver's gap. Small instances are
+//! solved to a proven relative gap; at fleet scale the LP relaxation gives a lower
+//! bound on any plan's objective.
+//!
+//! Variables, only where the rules allow them (`Problem::can_hold`, `Entry::eligible`):
+//! - `x[m,s,k]` integer: replicas of model `m` at site `s` on kind `k`;
+//! - `f[d,s]` continuous: requests/second of demand entry `d` served at site `s`;
+//! - `t[m,s,k]` continuous: `|x - current|`, the moves;
+//! - `u[d]` continuous: requests/second of entry `d` left unserved.
+//!
+//! Rows: GPUs per (site, kind); capacity per (model, site): the traffic routed there is
+//! at most `sum_k x * rps`; each entry's routed plus unserved rate is its rate; floors
+//! and pins; the
+//! move cap (every move counts against it, forced ones included, unlike the fast
+//! solver, which exempts moves that floors, pins or a shrunken site force). Objective, as
+//! in the file format: `w_unserved * sum(u) + w_gpu * sum(x * gpus_per_replica * cost) +
+//! w_move * sum(t)`.
+//!
+//! The plan returned keeps the MILP's placement and takes the routing from
+//! [`super::best_routing`], so its objective is computed exactly as every other plan's.
+
+use std::collections::HashMap;
+
+use good_lp::solvers::highs::highs;
+use good_lp::{
+    Expression, ResolutionError, Solution, SolutionStatus, SolverModel, Variable, WithTimeLimit,
+    constraint, variable, variables,
+};
+
+use super::check::{best_routing, objective};
+use super::instance::{Instance, PlacementRow, Plan, SolverInfo};
+use super::problem::{InstanceError, Problem};
+
+/// The solver name written in `plan.solver.name`.
+pub const NAME: &str = "milp-highs";
+
+/// How hard to try.
+#[derive(Debug, Clone, Copy)]
+pub struct ExactOptions {
+    /// Stop once the incumbent is proven within this relative gap of the optimum.
+    pub mip_rel_gap: f32,
+    /// Wall-clock limit (seconds); past it the best plan found is returned, unproven.
+    pub time_limit_s: f64,
+}
+
+impl Default for ExactOptions {
+    fn default() -> Self {
+        Self {
+            mip_rel_gap: 0.0005,
+            time_limit_s: 60.0,
+        }
+    }
+}
+
+/// Why the exact solver has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ExactError {
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    #[error("HiGHS could not solve the program: {0}")]
+    Solver(String),
+}
+
+impl From<ResolutionError> for ExactError {
+    fn from(e: ResolutionError) -> Self {
+        ExactError::Solver(e.to_string())
+    }
+}
+
+/// An exact solve's plan and whether its optimality was proven within the gap.
+#[derive(Debug, Clone)]
+pub struct ExactPlan {
+    pub plan: Plan,
+    /// The solver proved the plan within `mip_rel_gap` of the optimum (not stopped by
+    /// the time limit).
+    pub proven: bool,
+    /// The program's own objective value at its solution.
+    pub milp_objective: f64,
+}
+
+struct Program {
+    vars: good_lp::ProblemVariables,
+    /// (cell, variable) for every allowed (model, site, kind).
+    x: Vec<(usize, Variable)>,
+    objective: Expression,
+    rows: Vec<good_lp::Constraint>,
+}
+
+fn build(p: &Problem, integer: bool) -> Program {
+    let mut vars = variables!();
+    let (nk, ns) = (p.kinds.len(), p.sites.len());
+    let mut x: Vec<(usize, Variable)> = Vec::new();
+    let mut x_at: HashMap<usize, Variable> = HashMap::new();
+    let mut objective = Expression::from(0.0);
+    let mut rows = Vec::new();
+    let mut moves = Expression::from(0.0);
+    for (m, model) in p.models.iter().enumerate() {
+        for s in 0..ns {
+            for k in 0..nk {
+                let cell = p.cell(m, s, k);
+                let current = f64::from(p.current[cell]);
+                if !p.can_hold(m, s, k) {
+                    continue;
+                }
+                let most = f64::from(p.sites[s].gpus[k] / model.gpus_per_replica.max(1));
+                let mut def = variable().min(0.0).max(most);
+                if integer {
+                    def = def.integer();
+                }
+                let v = vars.add(def);
+                x.push((cell, v));
+                x_at.insert(cell, v);
+                objective +=
+                    p.weights.gpu * f64::from(model.gpus_per_replica) * p.kinds[k].cost * v;
+                if p.weights.moves > 0.0 || p.max_moves.is_some() {
+                    let t = vars.add(variable().min(0.0));
+                    rows.push(constraint!(t >= v - current));
+                    rows.push(constraint!(t >= current - v));
+                    moves += t;
+                }
+            }
+        }
+    }
+    // Current replicas where the rules no longer allow one must go: each is a move.
+    let forced: f64 = p
+        .current
+        .iter()
+        .enumerate()
+        .filter(|&(cell, _)| !x_at.contains_key(&cell))
+        .map(|(_, &n)| f64::from(n))
+        .sum();
+    objective += p.weights.moves * moves.clone() + p.weights.moves * forced;
+    if let Some(cap) = p.max_moves {
+        rows.push(constraint!(moves.clone() <= (cap as f64 - forced).max(0.0)));
+    }
+    // GPUs per (site, kind).
+    for s in 0..ns {
+        for k in 0..nk {
+            let mut used = Expression::from(0.0);
+            let mut any = false;
+            for (m, model) in p.models.iter().enumerate() {
+                if let Some(&v) = x_at.get(&p.cell(m, s, k)) {
+                    used += f64::from(model.gpus_per_replica) * v;
+                    any = true;
+                }
+            }
+            if any {
+                rows.push(constraint!(used <= f64::from(p.sites[s].gpus[k])));
+            }
+        }
+    }
+    // Routing: flows per (entry, eligible site); capacity per (model, site).
+    let mut served_at: HashMap<(usize, usize), Expression> = HashMap::new();
+    for entry in &p.entries {
+        let mut routed = Expression::from(0.0);
+        for &(s, _) in &entry.eligible {
+            let f = vars.add(variable().min(0.0).max(entry.rps));
+            routed += f;
+            *served_at
+                .entry((entry.model, s))
+                .or_insert_with(|| Expression::from(0.0)) += f;
+        }
+        // The unserved rate is a variable, not `rps - routed`: a constant in the
+        // objective would be invisible to HiGHS and make its relative gap meaningless.
+        let unserved = vars.add(variable().min(0.0).max(entry.rps));
+        objective += p.weights.unserved_rps * unserved;
+        rows.push(constraint!(routed + unserved == entry.rps));
+    }
+    for ((m, s), served) in served_at {
+        let mut room = Expression::from(0.0);
+        for k in 0..nk {
+            if let Some(&v) = x_at.get(&p.cell(m, s, k)) {
+                room += p.models[m].rps[k] * v;
+            }
+        }
+        rows.push(constraint!(served <= room));
+    }
+    // Floors and pins.
+    for (m, model) in p.models.iter().enumerate() {
+        if model.min_replicas > 0 {
+            let mut all = Expression::from(0.0);
+            for s in 0..ns {
+                for k in 0..nk {
+                    if let Some(&v) = x_at.get(&p.cell(m, s, k)) {
+                        all += v;
+                    }
+                }
+            }
+            rows.push(constraint!(all >= f64::from(model.min_replicas)));
+        }
+    }
+    for &(m, s, n) in &p.pins {
+        let mut here = Expression::from(0.0);
+        for k in 0..nk {
+            if let Some(&v) = x_at.get(&p.cell(m, s, k)) {
+                here += v;
+            }
+        }
+        rows.push(constraint!(here >= f64::from(n)));
+    }
+    Program {
+        vars,
+        x,
+        objective,
+        rows,
+    }
+}
+
+/// Solves `instance` exactly (to `options.mip_rel_gap`, within the time limit).
+pub fn solve_exact(instance: &Instance, options: &ExactOptions) -> Result<ExactPlan, ExactError> {
+    let p = Problem::compile(instance)?;
+    let program = build(&p, true);
+    let mut model = program
+        .vars
+        .minimise(program.objective.clone())
+        .using(highs)
+        .set_mip_rel_gap(options.mip_rel_gap)
+        .map_err(|e| ExactError::Solver(e.to_string()))?
+        .with_time_limit(options.time_limit_s);
+    for row in program.rows {
+        model.add_constraint(row);
+    }
+    let solution = model.solve().map_err(|e| match (e, p.max_moves) {
+        (ResolutionError::Infeasible, Some(cap)) => ExactError::Solver(format!(
+            "no plan keeps every rule within {cap} moves (the exact solver counts forced moves too)"
+        )),
+        (e, _) => e.into(),
+    })?;
+    let proven = matches!(
+        solution.status(),
+        SolutionStatus::Optimal | SolutionStatus::GapLimit
+    );
+    let milp_objective = solution.eval(&program.objective);
+    let (nk, ns) = (p.kinds.len(), p.sites.len());
+    let mut placement: Vec<PlacementRow> = program
+        .x
+        .iter()
+        .filter_map(|&(cell, v)| {
+            let n = solution.value(v).round();
+            (n >= 1.0).then(|| PlacementRow {
+                model: p.models[cell / (nk * ns)].id.clone(),
+                site: p.sites[(cell / nk) % ns].id.clone(),
+                gpu: p.kinds[cell % nk].name.clone(),
+                replicas: n as u32,
+            })
+        })
+        .collect();
+    placement.sort();
+    let routing = best_routing(instance, &placement)?;
+    let objective = objective(instance, &placement, &routing);
+    Ok(ExactPlan {
+        plan: Plan {
+            placement,
+            routing,
+            objective,
+            solver: SolverInfo {
+                name: NAME.into(),
+                seconds: 0.0,
+                seed: 0,
+            },
+        },
+        proven,
+        milp_objective,
+    })
+}
+
+/// The LP relaxation's optimum: no plan of `instance` has a smaller objective.
+pub fn lp_bound(instance: &Instance, time_limit_s: f64) -> Result<f64, ExactError> {
+    let p = Problem::compile(instance)?;
+    let program = build(&p, false);
+    let mut model = program
+        .vars
+        .minimise(program.objective.clone())
+        .using(highs)
+        .with_time_limit(time_limit_s);
+    for row in program.rows {
+        model.add_constraint(row);
+    }
+    let solution = model.solve()?;
+    if !matches!(solution.status(), SolutionStatus::Optimal) {
+        return Err(ExactError::Solver(format!(
+            "the LP relaxation stopped early ({:?}): no proven bound",
+            solution.status()
+        )));
+    }
+    Ok(solution.eval(&program.objective))
+}
