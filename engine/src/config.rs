@@ -24,6 +24,9 @@ pub struct EngineConfig {
     pub max_batch_tokens: usize,
     /// Sequences running at once, at most.
     pub max_running: usize,
+    /// CSV file the step thread appends one line per engine step to (the batch's shape
+    /// and its duration), for fitting the simulator's engine model; none: no profile.
+    pub step_profile: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -36,6 +39,7 @@ impl Default for EngineConfig {
             kv_memory_bytes: 512 << 20,
             max_batch_tokens: 512,
             max_running: 64,
+            step_profile: None,
         }
     }
 }

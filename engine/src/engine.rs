@@ -20,7 +20,7 @@ use crate::kv::BlockManager;
 use crate::model::ModelConfig;
 use crate::model::checkpoint::Checkpoint;
 use crate::sampling::{Sampler, SamplingParams, StopMatcher};
-use crate::scheduler::{Scheduler, SchedulerConfig, SeqId};
+use crate::scheduler::{Scheduler, SchedulerConfig, SeqId, StepPlan};
 use crate::tokenizer::{ChatMessage, IncrementalDecoder, Tokenizer};
 use crate::{EngineConfig, EngineError};
 
@@ -226,6 +226,15 @@ impl Engine {
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
+        let profile = config.step_profile.as_deref().and_then(|path| {
+            match StepProfile::open(path) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot open the step profile; not recording");
+                    None
+                }
+            }
+        });
         let mut worker = StepLoop {
             backend,
             scheduler,
@@ -237,6 +246,7 @@ impl Engine {
             logits: Vec::new(),
             tokens: Vec::new(),
             rates: Rates::default(),
+            profile,
         };
         let thread = std::thread::Builder::new()
             .name("meridian-engine".into())
@@ -469,12 +479,72 @@ struct StepLoop {
     logits: Vec<f32>,
     tokens: Vec<u32>,
     rates: Rates,
+    profile: Option<StepProfile>,
+}
+
+/// One line per engine step, appended to a CSV file: what the simulator's engine model
+/// is fitted on. Buffered; a write error stops the profile, never the engine.
+struct StepProfile {
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl StepProfile {
+    /// The columns, in order.
+    const HEADER: &'static str =
+        "unix_us,sequences,prefill_sequences,prefill_tokens,decode_tokens,context_tokens,step_us";
+
+    fn open(path: &std::path::Path) -> std::io::Result<Self> {
+        use std::io::Write;
+        let fresh = std::fs::metadata(path).map_or(true, |m| m.len() == 0);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let mut out = std::io::BufWriter::new(file);
+        if fresh {
+            writeln!(out, "{}", Self::HEADER)?;
+        }
+        Ok(Self { out })
+    }
+
+    fn record(&mut self, plan: &StepPlan, took: Duration) -> std::io::Result<()> {
+        use std::io::Write;
+        let (mut prefill_seqs, mut prefill, mut decode, mut context) = (0, 0, 0, 0);
+        for c in &plan.chunks {
+            // A one-token chunk that returns logits is a decode step of its sequence.
+            if c.len == 1 && c.logits && c.start > 0 {
+                decode += 1;
+            } else {
+                prefill_seqs += 1;
+                prefill += c.len;
+            }
+            context += c.start + c.len;
+        }
+        let unix_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        writeln!(
+            self.out,
+            "{unix_us},{},{prefill_seqs},{prefill},{decode},{context},{}",
+            plan.chunks.len(),
+            took.as_micros()
+        )
+    }
+
+    fn flush(&mut self) {
+        use std::io::Write;
+        let _ = self.out.flush();
+    }
 }
 
 impl StepLoop {
     fn run(&mut self) {
         while !self.stop.load(Ordering::Relaxed) {
             if !self.scheduler.has_work() {
+                // Idle: what the profile holds reaches the file before the wait.
+                if let Some(profile) = self.profile.as_mut() {
+                    profile.flush();
+                }
                 match self.commands.recv_timeout(Duration::from_millis(200)) {
                     Ok(cmd) => self.handle(cmd),
                     Err(mpsc::RecvTimeoutError::Timeout) => continue,
@@ -542,6 +612,9 @@ impl StepLoop {
     fn step(&mut self) -> Result<(), EngineError> {
         let plan = self.scheduler.schedule();
         if plan.is_empty() {
+            if let Some(profile) = self.profile.as_mut() {
+                profile.flush();
+            }
             self.publish(0, 0, Duration::ZERO);
             return Ok(());
         }
@@ -588,7 +661,14 @@ impl StepLoop {
                 prompt_tokens += c.len;
             }
         }
-        self.publish(prompt_tokens, generated, started.elapsed());
+        let took = started.elapsed();
+        if let Some(profile) = self.profile.as_mut()
+            && let Err(e) = profile.record(&plan, took)
+        {
+            tracing::warn!(error = %e, "step profile write failed; no longer recording");
+            self.profile = None;
+        }
+        self.publish(prompt_tokens, generated, took);
         Ok(())
     }
 

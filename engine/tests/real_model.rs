@@ -320,6 +320,44 @@ fn a_cached_prefix_gives_the_same_tokens() {
     assert!(e.stats().prefix_hit_rate > 0.0);
 }
 
+/// The step profile the simulator's engine model is fitted on: one CSV line per step,
+/// whose prefill and decode tokens add up to what the requests computed.
+#[test]
+fn the_step_profile_records_every_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("steps.csv");
+    let e = engine(EngineConfig {
+        max_batch_tokens: 16,
+        step_profile: Some(path.clone()),
+        ..Default::default()
+    });
+    let done = e
+        .generate_blocking(greedy(
+            text("Name the planets of the solar system, in order from the Sun, and say in one sentence what each of them is made of."),
+            6,
+        ))
+        .unwrap();
+    drop(e);
+    let csv = std::fs::read_to_string(&path).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some(
+            "unix_us,sequences,prefill_sequences,prefill_tokens,decode_tokens,context_tokens,step_us"
+        )
+    );
+    let rows: Vec<Vec<u64>> = lines
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    let prefill: u64 = rows.iter().map(|r| r[3]).sum();
+    let decode: u64 = rows.iter().map(|r| r[4]).sum();
+    assert_eq!(prefill, u64::from(done.usage.prompt_tokens));
+    // Chunks of 16: the prompt takes several steps; each later token one decode step.
+    assert!(rows.iter().filter(|r| r[3] > 0).count() >= 2, "{csv}");
+    assert_eq!(decode, u64::from(done.usage.completion_tokens) - 1, "{csv}");
+    assert!(rows.iter().all(|r| r[6] > 0 && r[1] == 1));
+}
+
 #[test]
 fn a_cache_too_small_preempts_and_still_completes_every_request() {
     let prompts: Vec<String> = prompts().into_iter().take(12).collect();
