@@ -125,6 +125,22 @@ struct SimArgs {
     /// Scenario file (see deploy/scenarios/).
     #[arg(long)]
     scenario: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<SimCommand>,
+}
+
+#[derive(Subcommand)]
+enum SimCommand {
+    /// Fit the engine performance model on a step profile the engine recorded
+    /// (`engine.step_profile`) and print it as TOML.
+    Fit {
+        /// The step profile (CSV).
+        #[arg(long)]
+        profile: PathBuf,
+        /// Also write the model (TOML) here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -150,6 +166,9 @@ struct GenerateArgs {
     /// Compute threads; 0: every core.
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Append a line per engine step to this CSV (for `meridian sim fit`).
+    #[arg(long)]
+    step_profile: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -215,7 +234,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Pop(args) => pop(args).await,
         Command::Router(args) => router(args).await,
         Command::Worker(args) => worker(args).await,
-        Command::Sim(_) => not_implemented("the simulator", 7),
+        Command::Sim(SimArgs {
+            command: Some(SimCommand::Fit { profile, out }),
+            ..
+        }) => sim_fit(&profile, out.as_deref()),
+        Command::Sim(_) => not_implemented("the simulator's fleet run", 7),
         Command::Generate(args) => generate(args).await,
         Command::Models(ModelsCommand::Pull) => {
             let cache = assets::cache_dir();
@@ -261,6 +284,35 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             meridian::placement_cmd::check(&instance, &plan)
         }
     }
+}
+
+/// `meridian sim fit`: the engine model of a step profile.
+fn sim_fit(profile: &std::path::Path, out: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    use meridian_sim::engine_model::{EngineModel, parse_profile};
+    let text = std::fs::read_to_string(profile)
+        .with_context(|| format!("cannot read {}", profile.display()))?;
+    let fitted = parse_profile(&text).and_then(|samples| EngineModel::fit(&samples));
+    let (model, report) = match fitted {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {}: {e}", profile.display());
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let toml = toml::to_string(&model)?;
+    println!(
+        "# fitted on {} steps of {}: R^2 {:.3}, mean relative error {:.1}%, predicted/measured total {:.3}",
+        report.steps,
+        profile.display(),
+        report.r2,
+        100.0 * report.mean_relative_error,
+        report.total_ratio
+    );
+    print!("{toml}");
+    if let Some(out) = out {
+        std::fs::write(out, &toml).with_context(|| format!("cannot write {}", out.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The configured model file, or the cached SmolLM2 (fetched if missing).
@@ -422,6 +474,7 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     );
     let engine_config = meridian_engine::EngineConfig {
         threads: args.threads,
+        step_profile: args.step_profile.clone(),
         ..Default::default()
     };
     let bar = indicatif::ProgressBar::new(100).with_style(

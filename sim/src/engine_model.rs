@@ -1,0 +1,319 @@
+//! The engine performance model, sans-IO: the time of one engine step as a function of
+//! its batch, fitted by least squares on the step profile a real engine records
+//! (`engine.step_profile`, one CSV line per step).
+//!
+//! `step_us = base + prefill_token * prefill_tokens + decode_token * decode_tokens +
+//! context_token * context_tokens`: a fixed cost per step (reading the weights once),
+//! a cost per computed token (matrix products), and a cost per token of attention
+//! context (reading the KV cache). The same four terms describe a CPU and a GPU engine
+//! with different coefficients.
+
+use serde::{Deserialize, Serialize};
+
+use crate::SimError;
+
+/// The shape of one engine step, as the profile records it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepShape {
+    /// Prompt tokens computed in the step (chunks of prefills).
+    pub prefill_tokens: f64,
+    /// Sequences decoding one token.
+    pub decode_tokens: f64,
+    /// Tokens of attention context over the batch's sequences.
+    pub context_tokens: f64,
+}
+
+/// Coefficients of the step-time model, microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EngineModel {
+    pub base_us: f64,
+    pub prefill_token_us: f64,
+    pub decode_token_us: f64,
+    pub context_token_us: f64,
+}
+
+/// How well a fit explains the profile it came from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FitReport {
+    pub steps: usize,
+    /// Coefficient of determination of the step times.
+    pub r2: f64,
+    /// Mean of |predicted - measured| / measured.
+    pub mean_relative_error: f64,
+    /// Total predicted time over total measured time (1.0: no bias in sum).
+    pub total_ratio: f64,
+}
+
+impl EngineModel {
+    /// Predicted duration of a step, microseconds.
+    pub fn step_us(&self, s: &StepShape) -> f64 {
+        self.base_us
+            + self.prefill_token_us * s.prefill_tokens
+            + self.decode_token_us * s.decode_tokens
+            + self.context_token_us * s.context_tokens
+    }
+
+    fn from_vec(c: [f64; 4]) -> Self {
+        Self {
+            base_us: c[0],
+            prefill_token_us: c[1],
+            decode_token_us: c[2],
+            context_token_us: c[3],
+        }
+    }
+
+    /// Least-squares fit on `(shape, measured step_us)` samples.
+    pub fn fit(samples: &[(StepShape, f64)]) -> Result<(Self, FitReport), SimError> {
+        if samples.len() < 8 {
+            return Err(SimError::Fit(format!(
+                "{} steps in the profile; at least 8 are needed",
+                samples.len()
+            )));
+        }
+        let row = |s: &StepShape| [1.0, s.prefill_tokens, s.decode_tokens, s.context_tokens];
+        // Normal equations, A^T A c = A^T y.
+        let mut ata = [[0.0f64; 4]; 4];
+        let mut aty = [0.0f64; 4];
+        for (shape, y) in samples {
+            let r = row(shape);
+            for i in 0..4 {
+                aty[i] += r[i] * y;
+                for j in 0..4 {
+                    ata[i][j] += r[i] * r[j];
+                }
+            }
+        }
+        // Non-negative least squares, exactly, by trying every subset of terms: a cost
+        // per token cannot be negative, and a negative fit (from collinear terms, e.g. a
+        // profile where every decode step has one sequence) would extrapolate badly.
+        let ssr = |c: &[f64; 4]| -> f64 {
+            let m = Self::from_vec(*c);
+            samples
+                .iter()
+                .map(|(s, y)| (m.step_us(s) - y).powi(2))
+                .sum()
+        };
+        let mut best: Option<([f64; 4], f64)> = None;
+        for mask in 1u32..16 {
+            let keep: Vec<usize> = (0..4).filter(|i| mask & (1 << i) != 0).collect();
+            let n = keep.len();
+            let mut m = vec![vec![0.0f64; n + 1]; n];
+            for (a, &i) in keep.iter().enumerate() {
+                for (b, &j) in keep.iter().enumerate() {
+                    m[a][b] = ata[i][j];
+                }
+                m[a][n] = aty[i];
+            }
+            let Some(solved) = solve(m) else {
+                continue;
+            };
+            if solved.iter().any(|v| !v.is_finite() || *v < 0.0) {
+                continue;
+            }
+            let mut c = [0.0; 4];
+            for (a, &i) in keep.iter().enumerate() {
+                c[i] = solved[a];
+            }
+            let r = ssr(&c);
+            // A tie keeps the subset tried first: of two terms the data cannot tell
+            // apart, one stays at zero.
+            if best.is_none_or(|(_, b)| r < b * (1.0 - 1e-9)) {
+                best = Some((c, r));
+            }
+        }
+        let Some((c, _)) = best else {
+            return Err(SimError::Fit(
+                "no non-negative model fits the profile's step shapes".into(),
+            ));
+        };
+        let model = Self::from_vec(c);
+        let mean = samples.iter().map(|(_, y)| y).sum::<f64>() / samples.len() as f64;
+        let (mut ss_res, mut ss_tot, mut rel, mut pred_sum, mut meas_sum) =
+            (0.0, 0.0, 0.0, 0.0, 0.0);
+        for (shape, y) in samples {
+            let p = model.step_us(shape);
+            ss_res += (p - y) * (p - y);
+            ss_tot += (y - mean) * (y - mean);
+            rel += (p - y).abs() / y.max(1.0);
+            pred_sum += p;
+            meas_sum += y;
+        }
+        let report = FitReport {
+            steps: samples.len(),
+            r2: if ss_tot > 0.0 {
+                1.0 - ss_res / ss_tot
+            } else {
+                1.0
+            },
+            mean_relative_error: rel / samples.len() as f64,
+            total_ratio: if meas_sum > 0.0 {
+                pred_sum / meas_sum
+            } else {
+                1.0
+            },
+        };
+        Ok((model, report))
+    }
+}
+
+/// Gaussian elimination with partial pivoting on an augmented `n x (n+1)` matrix. A
+/// 4x4 system does not justify a linear-algebra dependency.
+fn solve(mut m: Vec<Vec<f64>>) -> Option<Vec<f64>> {
+    let n = m.len();
+    for col in 0..n {
+        let pivot = (col..n).max_by(|&a, &b| m[a][col].abs().total_cmp(&m[b][col].abs()))?;
+        if m[pivot][col].abs() < 1e-12 {
+            return None;
+        }
+        m.swap(col, pivot);
+        for r in 0..n {
+            if r != col {
+                let f = m[r][col] / m[col][col];
+                for c in col..=n {
+                    m[r][c] -= f * m[col][c];
+                }
+            }
+        }
+    }
+    Some((0..n).map(|i| m[i][n] / m[i][i]).collect())
+}
+
+/// Parses a step profile (the engine's CSV, header first) into fit samples. Lines
+/// with a different number of fields or unparsable numbers are errors naming the line.
+pub fn parse_profile(text: &str) -> Result<Vec<(StepShape, f64)>, SimError> {
+    let mut lines = text.lines().enumerate();
+    let header: Vec<&str> = match lines.next() {
+        Some((_, h)) => h.split(',').map(str::trim).collect(),
+        None => return Err(SimError::Fit("the profile is empty".into())),
+    };
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .ok_or_else(|| SimError::Fit(format!("the profile has no column {name:?}")))
+    };
+    let (pre, dec, ctx, us) = (
+        col("prefill_tokens")?,
+        col("decode_tokens")?,
+        col("context_tokens")?,
+        col("step_us")?,
+    );
+    let mut out = Vec::new();
+    for (i, line) in lines {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        if fields.len() != header.len() {
+            return Err(SimError::Fit(format!(
+                "profile line {}: {} fields, the header has {}",
+                i + 1,
+                fields.len(),
+                header.len()
+            )));
+        }
+        let num = |k: usize| {
+            fields[k].parse::<f64>().map_err(|_| {
+                SimError::Fit(format!(
+                    "profile line {}: {:?} is not a number",
+                    i + 1,
+                    fields[k]
+                ))
+            })
+        };
+        out.push((
+            StepShape {
+                prefill_tokens: num(pre)?,
+                decode_tokens: num(dec)?,
+                context_tokens: num(ctx)?,
+            },
+            num(us)?,
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovers_known_coefficients_from_a_noisy_profile() {
+        let truth = EngineModel {
+            base_us: 3000.0,
+            prefill_token_us: 900.0,
+            decode_token_us: 450.0,
+            context_token_us: 2.5,
+        };
+        let mut text = String::from(
+            "unix_us,sequences,prefill_sequences,prefill_tokens,decode_tokens,context_tokens,step_us\n",
+        );
+        // A deterministic spread of batch shapes with +-3% "noise".
+        for i in 0..400u64 {
+            let shape = StepShape {
+                prefill_tokens: ((i * 37) % 512) as f64 * f64::from(u8::from(i % 3 == 0)),
+                decode_tokens: ((i * 13) % 64) as f64,
+                context_tokens: ((i * 101) % 8000) as f64,
+            };
+            let noise = 1.0 + 0.03 * (((i * 7919) % 200) as f64 / 100.0 - 1.0);
+            let us = truth.step_us(&shape) * noise;
+            text.push_str(&format!(
+                "{i},1,1,{},{},{},{us:.0}\n",
+                shape.prefill_tokens, shape.decode_tokens, shape.context_tokens
+            ));
+        }
+        let samples = parse_profile(&text).unwrap();
+        let (fit, report) = EngineModel::fit(&samples).unwrap();
+        assert!(
+            (fit.prefill_token_us / truth.prefill_token_us - 1.0).abs() < 0.03,
+            "{fit:?}"
+        );
+        assert!(
+            (fit.decode_token_us / truth.decode_token_us - 1.0).abs() < 0.05,
+            "{fit:?}"
+        );
+        assert!(
+            (fit.context_token_us / truth.context_token_us - 1.0).abs() < 0.10,
+            "{fit:?}"
+        );
+        assert!(
+            report.r2 > 0.99 && report.mean_relative_error < 0.03,
+            "{report:?}"
+        );
+        assert!((report.total_ratio - 1.0).abs() < 0.01, "{report:?}");
+    }
+
+    #[test]
+    fn bad_profiles_are_refused_by_line() {
+        assert!(parse_profile("").is_err());
+        let e = parse_profile("prefill_tokens,decode_tokens,step_us\n1,2,3\n").unwrap_err();
+        assert!(e.to_string().contains("context_tokens"), "{e}");
+        let e = parse_profile("prefill_tokens,decode_tokens,context_tokens,step_us\n1,2,3\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+        let e = parse_profile("prefill_tokens,decode_tokens,context_tokens,step_us\n1,x,3,4\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("\"x\""), "{e}");
+        let few = parse_profile("prefill_tokens,decode_tokens,context_tokens,step_us\n1,2,3,4\n")
+            .unwrap();
+        assert!(EngineModel::fit(&few).is_err());
+    }
+
+    #[test]
+    fn a_term_that_never_varies_is_left_at_zero() {
+        // Decode only: no prefill in the profile.
+        let samples: Vec<(StepShape, f64)> = (0..50)
+            .map(|i| {
+                let s = StepShape {
+                    prefill_tokens: 0.0,
+                    decode_tokens: f64::from(i % 8 + 1),
+                    context_tokens: f64::from(i * 40),
+                };
+                (s, 1000.0 + 300.0 * s.decode_tokens + 1.5 * s.context_tokens)
+            })
+            .collect();
+        let (fit, _) = EngineModel::fit(&samples).unwrap();
+        assert_eq!(fit.prefill_token_us, 0.0);
+        assert!((fit.decode_token_us - 300.0).abs() < 1e-6, "{fit:?}");
+    }
+}
