@@ -11,7 +11,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::{Proc, free_addr, header, http_post, meridian, meridianctl, start_pop};
+use support::{ctl, header, http_post, meridian, start_control, start_pop, start_router};
 
 const BODY: &str =
     r#"{"model": "SmolLM2-135M-Instruct", "prompt": "Hello", "max_tokens": 2, "temperature": 0}"#;
@@ -25,21 +25,6 @@ fn ask(router: SocketAddr, region: &str) -> (u16, Option<String>) {
     )
     .unwrap();
     (status, header(&head, "x-meridian-pop").map(str::to_string))
-}
-
-fn ctl(control: &str, args: &[&str]) -> String {
-    let out = meridianctl()
-        .args(["--control", control])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "meridianctl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// The state of `pop`'s worker in `meridianctl fleet status`.
@@ -99,25 +84,10 @@ rps_per_replica = { cpu = 2.0 }
 "#,
     )
     .unwrap();
-    let control_addr = free_addr();
-    let mut control = meridian();
-    control
-        .args(["control", "--listen", &control_addr.to_string()])
-        .args(["--config", config.to_str().unwrap()])
-        .env("MERIDIAN_CONTROL__METRICS_LISTEN", free_addr().to_string());
-    let control = Proc::spawn(control);
-    control.wait_for_line("control plane listening", Duration::from_secs(30));
-    let control_url = format!("http://{control_addr}");
+    let (_control, control_url) = start_control(Some(&config));
     let _ams = start_pop("AMS", &control_url);
     let _sin = start_pop("SIN", &control_url);
-    let router_addr = free_addr();
-    let mut router = meridian();
-    router
-        .args(["router", "--listen", &router_addr.to_string()])
-        .args(["--control", &control_url, "--site", "FRA"])
-        .env("MERIDIAN_ROUTER__DEMAND_REPORT_MS", "300");
-    let router = Proc::spawn(router);
-    router.wait_for_line("router listening", Duration::from_secs(30));
+    let (_router, router_addr) = start_router(&control_url, "FRA", &[("DEMAND_REPORT_MS", "300")]);
 
     let started = Instant::now();
     while ask(router_addr, "LHR").0 != 200 {

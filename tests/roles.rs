@@ -12,7 +12,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::{Proc, free_addr, header, http_post, meridian, start_pop};
+use support::{header, http_post, start_control, start_pop, start_router};
 
 const BODY: &str = r#"{"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "Name three colors."}], "max_tokens": 24, "temperature": 0}"#;
 
@@ -28,25 +28,10 @@ fn ask(router: SocketAddr, region: &str) -> (u16, String, String) {
 
 #[test]
 fn separate_roles_route_by_geography_and_survive_a_killed_pop() {
-    let control_addr = free_addr();
-    let mut control = meridian();
-    control
-        .args(["control", "--listen", &control_addr.to_string()])
-        .env("MERIDIAN_CONTROL__METRICS_LISTEN", free_addr().to_string());
-    let control = Proc::spawn(control);
-    control.wait_for_line("control plane listening", Duration::from_secs(30));
-    let control_url = format!("http://{control_addr}");
+    let (_control, control_url) = start_control(None);
     let mut ams = start_pop("AMS", &control_url);
     let _sin = start_pop("SIN", &control_url);
-
-    let router_addr = free_addr();
-    let mut router = meridian();
-    router
-        .args(["router", "--listen", &router_addr.to_string()])
-        .args(["--control", &control_url, "--site", "FRA"])
-        .env("MERIDIAN_ROUTER__DEMAND_REPORT_MS", "500");
-    let router = Proc::spawn(router);
-    router.wait_for_line("router listening", Duration::from_secs(30));
+    let (_router, router_addr) = start_router(&control_url, "FRA", &[("DEMAND_REPORT_MS", "500")]);
 
     // Geography: each caller goes to its nearest PoP once both are in the router's view.
     let started = Instant::now();
@@ -127,19 +112,7 @@ fn separate_roles_route_by_geography_and_survive_a_killed_pop() {
     );
 
     // Operators: meridianctl shows the fleet; a cordoned PoP gets no new requests.
-    let ctl = |args: &[&str]| {
-        let out = support::meridianctl()
-            .args(["--control", &control_url])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let ctl = |args: &[&str]| support::ctl(&control_url, args);
     let status = ctl(&["fleet", "status"]);
     println!("{status}");
     for needle in ["AMS", "SIN", "SmolLM2-135M-Instruct", "warm", "2 PoPs"] {
@@ -168,14 +141,8 @@ fn separate_roles_route_by_geography_and_survive_a_killed_pop() {
 
     // Load shedding: a second router that counts a worker with one request outstanding
     // as saturated answers the overflow of 8 concurrent requests with 429 + Retry-After.
-    let shed_addr = free_addr();
-    let mut shedder = meridian();
-    shedder
-        .args(["router", "--listen", &shed_addr.to_string()])
-        .args(["--control", &control_url, "--site", "FRA"])
-        .env("MERIDIAN_ROUTER__MAX_WAITING_PER_WORKER", "1");
-    let shedder = Proc::spawn(shedder);
-    shedder.wait_for_line("router listening", Duration::from_secs(30));
+    let (shedder, shed_addr) =
+        start_router(&control_url, "FRA", &[("MAX_WAITING_PER_WORKER", "1")]);
     let started = Instant::now();
     while ask(shed_addr, "FRA").0 != 200 {
         assert!(

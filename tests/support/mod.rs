@@ -150,3 +150,53 @@ pub fn start_pop(id: &str, control: &str) -> Proc {
     p.wait_for_line(&format!("pop {id} warm"), Duration::from_secs(120));
     p
 }
+
+/// Starts `meridian control` (memory store) on a free port, with `config` if given;
+/// returns it with its gRPC URL once it listens.
+pub fn start_control(config: Option<&std::path::Path>) -> (Proc, String) {
+    let addr = free_addr();
+    let mut cmd = meridian();
+    cmd.args(["control", "--listen", &addr.to_string()])
+        .env("MERIDIAN_CONTROL__METRICS_LISTEN", free_addr().to_string());
+    if let Some(path) = config {
+        cmd.args(["--config", path.to_str().expect("utf-8 path")]);
+    }
+    let p = Proc::spawn(cmd);
+    p.wait_for_line("control plane listening", Duration::from_secs(30));
+    (p, format!("http://{addr}"))
+}
+
+/// Starts `meridian router` at catalog site `site` on a free port, following `control`,
+/// with extra `MERIDIAN_ROUTER__*` settings; returns it with its address once it listens.
+pub fn start_router(control: &str, site: &str, env: &[(&str, &str)]) -> (Proc, SocketAddr) {
+    let addr = free_addr();
+    let mut cmd = meridian();
+    cmd.args(["router", "--listen", &addr.to_string()]).args([
+        "--control",
+        control,
+        "--site",
+        site,
+    ]);
+    for (k, v) in env {
+        cmd.env(format!("MERIDIAN_ROUTER__{k}"), v);
+    }
+    let p = Proc::spawn(cmd);
+    p.wait_for_line("router listening", Duration::from_secs(30));
+    (p, addr)
+}
+
+/// Runs `meridianctl --control <control> <args>`, asserts it succeeded, returns stdout.
+pub fn ctl(control: &str, args: &[&str]) -> String {
+    let out = meridianctl()
+        .args(["--control", control])
+        .args(args)
+        .output()
+        .expect("run meridianctl");
+    assert!(
+        out.status.success(),
+        "meridianctl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
