@@ -73,6 +73,9 @@ pub struct ModelConfig {
     /// Fleet-wide floor of replicas.
     #[serde(default)]
     pub min_replicas: u32,
+    /// Spread: replicas at at least this many distinct sites (failure domains).
+    #[serde(default)]
+    pub min_sites: u32,
 }
 
 fn one_u32() -> u32 {
@@ -136,6 +139,7 @@ impl Default for PlacementConfig {
                 .into_iter()
                 .collect(),
                 min_replicas: 1,
+                min_sites: 0,
             }],
         }
     }

@@ -196,6 +196,7 @@ pub fn build_instance(
             jurisdictions: None,
             min_replicas: m.min_replicas,
             constraints: Vec::new(),
+            min_sites: m.min_sites,
             extra: Default::default(),
         };
         // Every rule for the model must hold: jurisdictions intersect, constraints add.
@@ -209,6 +210,7 @@ pub fn build_instance(
                         .collect(),
                 });
             }
+            spec.min_sites = spec.min_sites.max(rule.min_sites);
             for c in &rule.constraints {
                 let op = if c.op == pb::LabelOperator::NotIn as i32 {
                     LabelOp::NotIn
@@ -243,6 +245,7 @@ pub fn build_instance(
                 jurisdictions: None,
                 min_replicas: 0,
                 constraints: Vec::new(),
+                min_sites: 0,
                 extra: Default::default(),
             });
         spec.rps_per_replica.insert(row.gpu.clone(), 0.0);
@@ -408,6 +411,7 @@ mod tests {
                 gpus_per_replica: 1,
                 rps_per_replica: [("cpu".to_string(), 2.0)].into_iter().collect(),
                 min_replicas: 1,
+                min_sites: 0,
             }],
             ..PlacementConfig::default()
         }
@@ -473,6 +477,7 @@ mod tests {
                 model: "m".into(),
                 allowed_jurisdictions: vec!["EU".into()],
                 constraints: vec![],
+                min_sites: 0,
             }],
             ..Default::default()
         };

@@ -27,6 +27,8 @@ pub struct RuleFile {
     pub allowed_jurisdictions: Vec<String>,
     /// Site label constraints, all of which a site must meet.
     pub constraints: Vec<ConstraintFile>,
+    /// Spread: the model's replicas at at least this many distinct sites.
+    pub min_sites: u32,
 }
 
 /// A condition on a site label: `op` is `in` or `notIn`.
@@ -83,6 +85,7 @@ impl PolicyFile {
                 model: r.model.clone(),
                 allowed_jurisdictions: r.allowed_jurisdictions.clone(),
                 constraints,
+                min_sites: r.min_sites,
             });
         }
         Ok(pb::Policy {
@@ -124,6 +127,7 @@ impl PolicyFile {
                             values: c.values.clone(),
                         })
                         .collect(),
+                    min_sites: r.min_sites,
                 })
                 .collect(),
             pins: policy

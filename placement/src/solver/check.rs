@@ -307,6 +307,21 @@ fn check_placement(names: &Names, placement: &[PlacementRow], out: &mut Vec<Viol
         }
     }
     for model in &inst.models {
+        if model.min_sites > 1 {
+            let sites = at_site
+                .iter()
+                .filter(|&(&(m, _), &n)| m == model.id && n > 0)
+                .count() as u64;
+            if sites < u64::from(model.min_sites) {
+                push(
+                    Rule::Floors,
+                    format!(
+                        "model {}: replicas at {sites} distinct sites, min_sites (spread) is {}",
+                        model.id, model.min_sites
+                    ),
+                );
+            }
+        }
         let have = total.get(model.id.as_str()).copied().unwrap_or(0);
         if have < u64::from(model.min_replicas) {
             push(

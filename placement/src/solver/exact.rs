@@ -190,6 +190,34 @@ fn build(p: &Problem, integer: bool) -> Program {
             rows.push(constraint!(all >= f64::from(model.min_replicas)));
         }
     }
+    // Spread: a binary per (model, site) that may be 1 only where the site holds a
+    // replica; at least `min_sites` of them.
+    for (m, model) in p.models.iter().enumerate() {
+        if model.min_sites <= 1 {
+            continue;
+        }
+        let mut sites = Expression::from(0.0);
+        for s in 0..ns {
+            let mut here = Expression::from(0.0);
+            let mut any = false;
+            for k in 0..nk {
+                if let Some(&v) = x_at.get(&p.cell(m, s, k)) {
+                    here += v;
+                    any = true;
+                }
+            }
+            if any {
+                let mut def = variable().min(0.0).max(1.0);
+                if integer {
+                    def = def.binary();
+                }
+                let y = vars.add(def);
+                rows.push(constraint!(y <= here));
+                sites += y;
+            }
+        }
+        rows.push(constraint!(sites >= f64::from(model.min_sites)));
+    }
     for &(m, s, n) in &p.pins {
         let mut here = Expression::from(0.0);
         for k in 0..nk {

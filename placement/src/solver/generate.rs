@@ -55,6 +55,7 @@ fn model(id: String, shape: usize, kinds: &[usize], speed: f64) -> ModelSpec {
         rps_per_replica,
         jurisdictions: None,
         min_replicas: 0,
+        min_sites: 0,
         constraints: Vec::new(),
         extra: Default::default(),
     }

@@ -9,10 +9,17 @@
 //!    per unit of GPU cost (served demand x weight, less GPU and move cost; a lazy heap,
 //!    since gains only fall while replicas are added), the least flexible models first;
 //!    then the local search of `local.rs` (remove, switch kind, relocate, merge, evict).
-//! 5. Route the final placement by max flow.
+//! 5. Large-neighbourhood search (`lns.rs`: rebuild a model's cover, re-size a model's
+//!    replicas at a site) and, on small instances, randomised ruin-and-recreate
+//!    (`ruin.rs`); back to 4 while either keeps something.
+//! 6. Route the final placement by max flow.
 //!
 //! Small instances (up to 2,000 (model, site, kind) cells) run four starts with other
 //! tie-breaks and scan orders and keep the best; the seed picks the starts.
+//!
+//! Re-planning from a placement in force (a non-empty `current`) looks only at the
+//! models the re-plan changes or that strand traffic (`Solver::focus`): losing a site
+//! re-optimises what served it, not the whole fleet.
 //!
 //! Every round starts from a routing that depends on the placement alone and ends only
 //! after a full scan finds no improving move, and moves away from `current` only get
@@ -130,6 +137,8 @@ pub fn solve_problem(p: &Problem, options: &SolveOptions) -> Result<Plan, Instan
 /// Instances with at most this many (model, site, kind) cells get [`STARTS`] starts.
 const SMALL_CELLS: usize = 2_000;
 const STARTS: u64 = 4;
+/// Rounds-then-LNS cycles at most.
+const OUTER: usize = 8;
 
 fn solve_once(
     p: &Problem,
@@ -161,13 +170,22 @@ fn solve_once(
     solver.st.reset_routing();
     solver.add_phase();
     solver.honour_floors()?;
-    for round in 0..options.max_rounds {
-        solver.st.reset_routing();
-        let added = solver.add_phase();
-        let improved = solver.improve_phase(round as u64);
-        let evicted = solver.evict_phase();
-        let repacked = solver.repack_phase();
-        if !added && !improved && !evicted && !repacked {
+    // Rounds until they converge, then the large-neighbourhood search; again while it
+    // finds something, so the plan ends where neither finds a move (see `lns.rs`).
+    for outer in 0..OUTER {
+        for round in 0..options.max_rounds {
+            solver.st.reset_routing();
+            let added = solver.add_phase();
+            let improved = solver.improve_phase((outer * options.max_rounds + round) as u64);
+            let evicted = solver.evict_phase();
+            let repacked = solver.repack_phase();
+            if !added && !improved && !evicted && !repacked {
+                break;
+            }
+        }
+        let rebuilt = solver.lns_phase();
+        let ruined = !rebuilt && p.current.len() <= SMALL_CELLS && solver.ruin_phase();
+        if !rebuilt && !ruined {
             break;
         }
     }

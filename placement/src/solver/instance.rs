@@ -91,8 +91,16 @@ pub struct ModelSpec {
     /// Extension: label rules every hosting site must satisfy (all of them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub constraints: Vec<LabelConstraint>,
+    /// Extension: spread across failure domains. The model's replicas sit at at least
+    /// this many distinct sites (each site is one failure domain); 0 or 1: no rule.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_sites: u32,
     #[serde(flatten, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: Extra,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// A rule on a site's labels, in the style of TiKV's Placement Driver.

@@ -25,14 +25,14 @@ const PASSES: u64 = 6;
 
 impl Solver<'_> {
     /// Weighted change of the objective since the trial began.
-    fn trial_gain(&mut self) -> f64 {
+    pub(super) fn trial_gain(&mut self) -> f64 {
         let (wu, wg, wm) = self.weights();
         let d = self.st.delta();
         -(wu * d.unserved + wg * d.gpu_cost + wm * d.moves as f64)
     }
 
     /// Removes one replica from (m, s, k), moving or dropping its traffic first.
-    fn take_out(&mut self, m: usize, s: usize, k: usize) {
+    pub(super) fn take_out(&mut self, m: usize, s: usize, k: usize) {
         let cut = self.st.cap[self.st.ms(m, s)] - self.st.p.models[m].rps[k];
         let shed = self.st.shed(m, s, cut);
         self.st.apply_shed(s, &shed);
@@ -44,9 +44,11 @@ impl Solver<'_> {
         let p = self.st.p;
         let (nk, ns) = (p.kinds.len(), p.sites.len());
         let mut changed = false;
+        let focus = self.focus();
         for pass in 0..PASSES {
-            let mut cells: Vec<usize> =
-                (0..self.st.x.len()).filter(|&c| self.st.x[c] > 0).collect();
+            let mut cells: Vec<usize> = (0..self.st.x.len())
+                .filter(|&c| self.st.x[c] > 0 && focus[c / (nk * ns)])
+                .collect();
             let salt = self.seed ^ (round << 32) ^ (pass << 48);
             cells.sort_by_key(|&c| (mix(salt, c as u64), c));
             let mut improved = false;
@@ -66,6 +68,31 @@ impl Solver<'_> {
             changed = true;
         }
         changed
+    }
+
+    /// Models the local searches look at. From an empty `current`, all of them; when
+    /// re-planning from a placement in force, only the models the re-plan has changed
+    /// or that still strand traffic they could serve: the others were converged when
+    /// that placement was planned, and skipping a move can never make a converged
+    /// plan move, so re-planning stays fast and its own fixed point.
+    pub(super) fn focus(&self) -> Vec<bool> {
+        let p = self.st.p;
+        if p.current.iter().all(|&c| c == 0) {
+            return vec![true; p.models.len()];
+        }
+        let cells_per_model = p.sites.len() * p.kinds.len();
+        let mut focus: Vec<bool> = (0..p.models.len())
+            .map(|m| {
+                let cells = m * cells_per_model..(m + 1) * cells_per_model;
+                self.st.x[cells.clone()] != p.current[cells]
+            })
+            .collect();
+        for (e, entry) in p.entries.iter().enumerate() {
+            if self.st.unserved[e] > EPS && !entry.eligible.is_empty() {
+                focus[entry.model] = true;
+            }
+        }
+        focus
     }
 
     /// Takes the best improving removal or kind switch for one replica in (m, s, k).
@@ -421,7 +448,7 @@ impl Solver<'_> {
 
     /// Tops the floor of `m` up again after an eviction, where it serves best. Returns
     /// false when there is no room for it.
-    fn restore_floor(&mut self, m: usize) -> bool {
+    pub(super) fn restore_floor(&mut self, m: usize) -> bool {
         let floor = self.st.p.models[m].min_replicas;
         if self.st.total[m] >= floor {
             return true;

@@ -18,8 +18,11 @@ pub mod flow;
 pub mod generate;
 mod greedy;
 pub mod instance;
+mod lns;
 mod local;
 pub mod problem;
+mod ruin;
+mod spread;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -31,7 +34,9 @@ pub use problem::{InstanceError, Problem};
 
 /// Validates `instance` and solves it with the fast solver.
 pub fn solve(instance: &Instance, options: &SolveOptions) -> Result<Plan, InstanceError> {
-    solve_problem(&Problem::compile(instance)?, options)
+    let problem = Problem::compile(instance)?;
+    let plan = solve_problem(&problem, options)?;
+    spread::enforce(&problem, instance, plan)
 }
 
 /// Re-plans from an earlier plan: `previous`'s placement becomes `current`, so the

@@ -66,6 +66,14 @@ pub enum InstanceError {
         floor: u64,
         room: u64,
     },
+    #[error(
+        "model {model:?}: min_sites {min_sites} is above the {sites} distinct sites that may hold it"
+    )]
+    SpreadAboveSites {
+        model: String,
+        min_sites: u32,
+        sites: u32,
+    },
     #[error("the instance is too large for the solver: {0}")]
     TooLarge(String),
     /// The rules hold one by one but the solver found no placement keeping all the
@@ -104,6 +112,8 @@ pub struct Model {
     /// Per site: the model's residency and label rules allow it there.
     pub hosts: Vec<bool>,
     pub min_replicas: u32,
+    /// Distinct sites the model's replicas must occupy (spread); 0 or 1: no rule.
+    pub min_sites: u32,
 }
 
 /// A demand entry, resolved.
@@ -330,6 +340,7 @@ impl Problem {
                 fits,
                 hosts,
                 min_replicas: spec.min_replicas,
+                min_sites: spec.min_sites,
             });
         }
 
@@ -459,7 +470,19 @@ impl Problem {
     /// Room for each model's floor on its own (the solver finds out whether all floors
     /// fit together).
     fn check_floors(&self) -> Result<(), InstanceError> {
-        for model in &self.models {
+        for (m, model) in self.models.iter().enumerate() {
+            if model.min_sites > 1 {
+                let sites = (0..self.sites.len())
+                    .filter(|&s| (0..self.kinds.len()).any(|k| self.can_hold(m, s, k)))
+                    .count() as u32;
+                if model.min_sites > sites {
+                    return Err(InstanceError::SpreadAboveSites {
+                        model: model.id.clone(),
+                        min_sites: model.min_sites,
+                        sites,
+                    });
+                }
+            }
             if model.min_replicas == 0 {
                 continue;
             }

@@ -410,6 +410,15 @@ impl<'p> State<'p> {
         out
     }
 
+    /// Takes all traffic of entry `e` off its sites: it goes unserved (journaled).
+    pub fn unroute(&mut self, e: usize) {
+        let flows = self.flow[e].clone();
+        for (s, f) in flows {
+            self.add_flow(e, s, -f);
+            self.set_unserved(e, self.unserved[e] + f);
+        }
+    }
+
     /// Applies a [`Shed`] computed for (m, s) on this very state.
     pub fn apply_shed(&mut self, s: usize, shed: &Shed) {
         for &(e, s2, t) in &shed.transfers {
