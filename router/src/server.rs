@@ -216,7 +216,7 @@ async fn generate_inner(
         return Err(ApiError::not_found_model(&request.model));
     }
     let demand = DemandKey::new(region, &request.model, &jurisdictions);
-    let worker_request = to_worker(&request);
+    let mut worker_request = to_worker(&request);
     let scored = Instant::now();
     // The exact prompt tokens, when the router has the model's tokenizer: the length
     // and the blocks to look up in the fleet's prefix index.
@@ -261,6 +261,12 @@ async fn generate_inner(
         ranking
     });
     metrics::histogram!(crate::metrics::SCORE_SECONDS).record(scored.elapsed().as_secs_f64());
+    // The worker gets the tokens rather than the text: its tokenizer is the same (the
+    // router's comes from the model file the workers serve), so the prompt is
+    // tokenized once per request, here, instead of once here and again there.
+    if let Some(ids) = tokens {
+        worker_request.input = Some(pb::generate_request::Input::TokenIds(pb::TokenIds { ids }));
+    }
     if ranking.is_empty() {
         let refused = Counts {
             requests: 1,
