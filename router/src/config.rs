@@ -49,7 +49,9 @@ pub struct RouterConfig {
     pub demand_report_ms: u64,
     /// Model checkpoints (GGUF files or safetensors directories) whose tokenizers the
     /// router loads, each for the model id its workers derive from the same path, for
-    /// prefix-aware scoring. Empty: the default model's, when it is in the cache.
+    /// prefix-aware scoring. Workers receive the tokens these make, so each must be the
+    /// file the workers of that model serve. Empty: the default model's, when it is in
+    /// the cache.
     pub tokenizers: Vec<std::path::PathBuf>,
     /// API keys; none configured on a loopback listener: requests need no key.
     pub api_keys: Vec<ApiKeyConfig>,
