@@ -37,6 +37,17 @@ use super::state::{Reverse, State};
 /// never flips a decision.
 pub(super) const MIN_GAIN: f64 = 1e-7;
 
+/// A replica the searches may add: see [`Solver::additions`].
+pub(super) struct Addition {
+    pub kind: usize,
+    /// Unserved rps it would serve.
+    pub absorbed: f64,
+    /// Its GPU cost, weighted.
+    pub cost: f64,
+    /// Objective saved, with a flat move charge.
+    pub net: f64,
+}
+
 /// Knobs of [`solve_problem`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SolveOptions {
@@ -197,6 +208,39 @@ impl Solver<'_> {
     pub(super) fn weights(&self) -> (f64, f64, f64) {
         let w = &self.st.p.weights;
         (w.unserved_rps, w.gpu, w.moves)
+    }
+
+    /// One more replica of `m` at `s`, where `u` rps of unserved demand could move to
+    /// it, on each kind that has room and keeps the move budget, with what it gains:
+    /// the unserved demand it absorbs, less its GPU cost and a flat move charge (flat,
+    /// so a ranking never depends on `current`). Only additions that gain more than
+    /// `MIN_GAIN`.
+    pub(super) fn additions(
+        &self,
+        m: usize,
+        s: usize,
+        u: f64,
+    ) -> impl Iterator<Item = Addition> + '_ {
+        let p = self.st.p;
+        let (wu, wg, wm) = self.weights();
+        let model = &p.models[m];
+        model.fits.iter().filter_map(move |&k| {
+            if !p.can_host(m, s, k)
+                || self.st.free(s, k) < model.gpus_per_replica
+                || !self.within_budget(self.st.move_delta(p.cell(m, s, k), true))
+            {
+                return None;
+            }
+            let absorbed = model.rps[k].min(u);
+            let cost = wg * f64::from(model.gpus_per_replica) * p.kinds[k].cost;
+            let net = wu * absorbed - cost - wm;
+            (net > MIN_GAIN).then_some(Addition {
+                kind: k,
+                absorbed,
+                cost,
+                net,
+            })
+        })
     }
 
     pub(super) fn within_budget(&self, delta: i64) -> bool {

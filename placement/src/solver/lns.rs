@@ -116,8 +116,7 @@ impl Solver<'_> {
     /// cost (ties: requests), otherwise by net gain per unit of cost.
     fn cover(&mut self, m: usize, by_count: bool) {
         let p = self.st.p;
-        let (wu, wg, wm) = self.weights();
-        let model = &p.models[m];
+        let wm = p.weights.moves;
         let mut sites: Vec<usize> = Vec::new();
         loop {
             sites.clear();
@@ -144,20 +143,8 @@ impl Solver<'_> {
                 if u <= EPS {
                     continue;
                 }
-                for &k in &model.fits {
-                    if !p.can_host(m, s, k)
-                        || self.st.free(s, k) < model.gpus_per_replica
-                        || !self.within_budget(self.st.move_delta(p.cell(m, s, k), true))
-                    {
-                        continue;
-                    }
-                    let absorbed = model.rps[k].min(u);
-                    let cost = wg * f64::from(model.gpus_per_replica) * p.kinds[k].cost;
-                    // A flat move charge: the ranking must not depend on `current`.
-                    let net = wu * absorbed - cost - wm;
-                    if net <= MIN_GAIN {
-                        continue;
-                    }
+                for a in self.additions(m, s, u) {
+                    let (k, cost, net) = (a.kind, a.cost, a.net);
                     let per = cost + wm + 1e-9;
                     let (key, tie) = if by_count {
                         (count as f64 / per, net / per)

@@ -312,7 +312,6 @@ impl Solver<'_> {
     /// it keeps a large kind for the models that need it.
     fn try_repack(&mut self, s: usize) -> bool {
         let p = self.st.p;
-        let (wu, wg, wm) = self.weights();
         let (nk, nm) = (p.kinds.len(), p.models.len());
         self.st.begin();
         let mut touched: Vec<usize> = Vec::new();
@@ -345,19 +344,9 @@ impl Solver<'_> {
                 if u <= EPS {
                     continue;
                 }
-                for &k in &model.fits {
-                    if !p.can_host(m, s, k)
-                        || self.st.free(s, k) < model.gpus_per_replica
-                        || !self.within_budget(self.st.move_delta(p.cell(m, s, k), true))
-                    {
-                        continue;
-                    }
-                    let absorbed = model.rps[k].min(u);
-                    let cost = wg * f64::from(model.gpus_per_replica) * p.kinds[k].cost;
-                    if wu * absorbed - cost - wm <= MIN_GAIN {
-                        continue;
-                    }
-                    let per_gpu = absorbed / f64::from(model.gpus_per_replica);
+                for a in self.additions(m, s, u) {
+                    let (k, cost) = (a.kind, a.cost);
+                    let per_gpu = a.absorbed / f64::from(model.gpus_per_replica);
                     let better = best.is_none_or(|b| {
                         per_gpu > b.0 + EPS || (per_gpu > b.0 - EPS && -cost > b.1)
                     });

@@ -142,7 +142,7 @@ impl Solver<'_> {
     /// cost, times a random factor per candidate and step.
     fn noisy_greedy(&mut self, rng: &mut ChaCha8Rng) {
         let p = self.st.p;
-        let (wu, wg, wm) = self.weights();
+        let wm = p.weights.moves;
         let (nm, ns) = (p.models.len(), p.sites.len());
         let per_gpu = rng.random_bool(0.3);
         loop {
@@ -157,24 +157,12 @@ impl Solver<'_> {
                     if u <= EPS {
                         continue;
                     }
-                    for &k in &model.fits {
-                        if !p.can_host(m, s, k)
-                            || self.st.free(s, k) < model.gpus_per_replica
-                            || !self.within_budget(self.st.move_delta(p.cell(m, s, k), true))
-                        {
-                            continue;
-                        }
-                        let absorbed = model.rps[k].min(u);
-                        let cost = wg * f64::from(model.gpus_per_replica) * p.kinds[k].cost;
-                        // A flat move charge: the trial must not depend on `current`.
-                        let net = wu * absorbed - cost - wm;
-                        if net <= MIN_GAIN {
-                            continue;
-                        }
+                    for a in self.additions(m, s, u) {
+                        let k = a.kind;
                         let base = if per_gpu {
-                            absorbed / f64::from(model.gpus_per_replica)
+                            a.absorbed / f64::from(model.gpus_per_replica)
                         } else {
-                            net / (cost + wm + 1e-9)
+                            a.net / (a.cost + wm + 1e-9)
                         };
                         let key = base * rng.random_range(0.6..1.0);
                         if best.is_none_or(|b| key > b.0) {
