@@ -82,7 +82,7 @@ pub async fn run(
                     && planned.elapsed() >= Duration::from_millis(placement.interval_ms);
                 if plan_due {
                     planned = tokio::time::Instant::now();
-                    if let Err(e) = planning::auto_round(&store, &keys, &cache, &placement).await {
+                    if let Err(e) = planning::auto_round(&*store, &keys, &cache, &placement).await {
                         tracing::warn!(error = %e, "placement round failed");
                         metrics::counter!("meridian_control_placement_rounds_failed_total")
                             .increment(1);

@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 
 use meridian_proto::control::v1 as pb;
-use meridian_proto::worker::v1::WorkerState;
 
 use crate::config::PlacementConfig;
 use crate::demand::{DemandKey, Rates};
@@ -39,8 +38,7 @@ pub fn wire_kind(kind: &str) -> &str {
 }
 
 fn holds_model(w: &pb::WorkerStatus) -> bool {
-    (w.state == WorkerState::Warm as i32 || w.state == WorkerState::Loading as i32)
-        && !w.model.is_empty()
+    crate::reconcile::holds_model(w) && !w.model.is_empty()
 }
 
 /// Replicas resident now, per (model, site, kind), from the workers' reports.
@@ -368,6 +366,7 @@ mod tests {
     use super::*;
     use crate::config::{GpuKindConfig, ModelConfig};
     use crate::solver::{SolveOptions, check, solve};
+    use meridian_proto::worker::v1::WorkerState;
 
     fn pop(id: &str, jurisdiction: &str, workers: &[(&str, &str)]) -> pb::PopState {
         let site = meridian_proto::catalog::Catalog::builtin().get(id).unwrap();

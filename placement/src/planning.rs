@@ -4,8 +4,6 @@
 //! an automatic round and an operator's plan are the same computation, and neither
 //! applies a plan the checker rejects.
 
-use std::sync::Arc;
-
 use meridian_proto::control::v1 as pb;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -104,12 +102,17 @@ pub async fn placement(
     }
 }
 
-/// The stored policy, or the empty one.
-pub async fn policy(store: &dyn Store, keys: &Keys) -> Result<pb::Policy, PlanningError> {
+/// The stored policy (revision 0 and empty before any was set) and its key's mod
+/// revision (0: none), for a conditional write.
+pub async fn policy(store: &dyn Store, keys: &Keys) -> Result<(pb::Policy, u64), PlanningError> {
     Ok(match store.get(&keys.policy()).await? {
-        Some(kv) => pb::Policy::decode(kv.value.as_slice())
-            .map_err(|e| PlanningError::Internal(format!("stored policy is unreadable: {e}")))?,
-        None => pb::Policy::default(),
+        Some(kv) => (
+            pb::Policy::decode(kv.value.as_slice()).map_err(|e| {
+                PlanningError::Internal(format!("stored policy is unreadable: {e}"))
+            })?,
+            kv.mod_revision,
+        ),
+        None => (pb::Policy::default(), 0),
     })
 }
 
@@ -136,7 +139,7 @@ pub async fn plan(
 ) -> Result<(StoredPlan, Instance), PlanningError> {
     let pops = cache.with_state(|f| f.snapshot().pops);
     let (desired, _) = placement(store, keys).await?;
-    let policy = policy(store, keys).await?;
+    let (policy, _) = policy(store, keys).await?;
     let demand = demand(store, keys).await?;
     // Before any placement was applied, the fleet as it is stands for the current one.
     let current = if desired.revision == 0 {
@@ -202,12 +205,7 @@ pub async fn apply(
         });
     }
     let (current, mod_revision) = placement(store, keys).await?;
-    let base = if expected == 0 {
-        plan.base_revision
-    } else {
-        expected
-    };
-    if current.revision != base || current.revision != plan.base_revision {
+    if current.revision != plan.base_revision || (expected != 0 && expected != plan.base_revision) {
         return Err(PlanningError::Moved {
             id: plan.id,
             base: plan.base_revision,
@@ -242,12 +240,12 @@ pub async fn apply(
 /// One automatic round of the leader: plan, and apply when the plan is valid and
 /// changes something. An invalid plan is logged and left alone.
 pub async fn auto_round(
-    store: &Arc<dyn Store>,
+    store: &dyn Store,
     keys: &Keys,
     cache: &FleetCache,
     config: &PlacementConfig,
 ) -> Result<(), PlanningError> {
-    let (plan, _) = plan(&**store, keys, cache, config, 0).await?;
+    let (plan, _) = plan(store, keys, cache, config, 0).await?;
     if !plan.valid {
         tracing::warn!(plan = plan.id, violations = ?plan.violations, "the checker rejected the solver's plan; not applied");
         metrics::counter!("meridian_control_plans_rejected_total").increment(1);
@@ -256,7 +254,7 @@ pub async fn auto_round(
     if planner::changes(&plan.from, &plan.to).is_empty() {
         return Ok(());
     }
-    apply(&**store, keys, &plan.id, plan.base_revision).await?;
+    apply(store, keys, &plan.id, plan.base_revision).await?;
     Ok(())
 }
 

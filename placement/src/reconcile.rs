@@ -40,7 +40,8 @@ pub enum Action {
     Clear { pop: String, id: String },
 }
 
-fn holds_model(w: &pb::WorkerStatus) -> bool {
+/// The worker holds its model (warm or loading).
+pub(crate) fn holds_model(w: &pb::WorkerStatus) -> bool {
     let s = w.state;
     s == WorkerState::Warm as i32 || s == WorkerState::Loading as i32
 }

@@ -117,22 +117,6 @@ impl ControlPlaneService {
         &self.inner.cache
     }
 
-    /// The stored policy (revision 0 and empty before any was set) and its key's mod
-    /// revision (0: none), for a conditional write.
-    async fn policy(&self) -> Result<(pb::Policy, u64), Status> {
-        match timed(self.inner.store.get(&self.inner.keys.policy()))
-            .await
-            .map_err(store_status)?
-        {
-            Some(kv) => {
-                let policy = pb::Policy::decode(kv.value.as_slice())
-                    .map_err(|e| Status::internal(format!("stored policy is unreadable: {e}")))?;
-                Ok((policy, kv.mod_revision))
-            }
-            None => Ok((pb::Policy::default(), 0)),
-        }
-    }
-
     /// Read-modify-write of a PoP's operator state, retried on conflicts.
     async fn update_ops(&self, pop: &str, f: impl Fn(&mut PopOps)) -> Result<u64, Status> {
         let key = self.inner.keys.ops(pop);
@@ -652,14 +636,9 @@ impl ControlPlane for ControlPlaneService {
         &self,
         _request: Request<pb::GetDemandRequest>,
     ) -> Result<Response<pb::DemandSummary>, Status> {
-        let (kvs, _) = timed(self.inner.store.get_prefix(&self.inner.keys.demand_all()))
+        let rates = timed(planning::demand(&*self.inner.store, &self.inner.keys))
             .await
-            .map_err(store_status)?;
-        let records: Vec<demand::RouterDemand> = kvs
-            .iter()
-            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
-            .collect();
-        let rates = demand::total(&records, now_ms())
+            .map_err(planning_status)?
             .into_iter()
             .map(|(key, r, routers)| pb::DemandRate {
                 region: key.region,
@@ -783,7 +762,10 @@ impl ControlPlane for ControlPlaneService {
         &self,
         _request: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::Policy>, Status> {
-        Ok(Response::new(self.policy().await?.0))
+        let (policy, _) = timed(planning::policy(&*self.inner.store, &self.inner.keys))
+            .await
+            .map_err(planning_status)?;
+        Ok(Response::new(policy))
     }
 
     async fn set_policy(
@@ -792,7 +774,9 @@ impl ControlPlane for ControlPlaneService {
     ) -> Result<Response<pb::Policy>, Status> {
         let mut next = request.into_inner();
         policy::check(self.inner.catalog, &next).map_err(refused)?;
-        let (current, mod_revision) = self.policy().await?;
+        let (current, mod_revision) = timed(planning::policy(&*self.inner.store, &self.inner.keys))
+            .await
+            .map_err(planning_status)?;
         if next.revision != current.revision {
             return Err(Status::aborted(format!(
                 "the policy is at revision {}, not {}: read it again and retry",

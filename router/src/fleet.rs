@@ -48,7 +48,8 @@ pub struct Worker {
     pub load: Load,
     /// Tokens per block of its prefix-cache summary (0: none reported).
     pub block_size: u32,
-    /// Chained hashes of the prefix blocks it reports cached.
+    /// Chained hashes of the prefix blocks it reports cached. Input to
+    /// `FleetView::new`, which moves them into its prefix index and leaves this empty.
     pub cached_blocks: Vec<u64>,
 }
 
@@ -107,7 +108,7 @@ pub struct FleetView {
 }
 
 impl FleetView {
-    pub fn new(revision: u64, workers: Vec<Worker>) -> Self {
+    pub fn new(revision: u64, mut workers: Vec<Worker>) -> Self {
         let mut by_model: HashMap<String, Vec<u32>> = HashMap::new();
         for (i, w) in workers.iter().enumerate() {
             by_model.entry(w.model.clone()).or_default().push(i as u32);
@@ -140,6 +141,11 @@ impl FleetView {
                 .iter()
                 .map(|w| (w.block_size, w.cached_blocks.as_slice())),
         );
+        // The index holds them now; a view of thousands of workers need not keep
+        // every worker's hashes twice.
+        for w in &mut workers {
+            w.cached_blocks = Vec::new();
+        }
         let known_models = by_model.keys().filter(|m| !m.is_empty()).cloned().collect();
         Self {
             revision,

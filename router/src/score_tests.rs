@@ -200,7 +200,7 @@ fn random_fleets_never_break_residency_or_state() {
 
 #[test]
 fn a_cached_prefix_beats_a_slightly_nearer_cold_worker() {
-    use crate::prefix::{PrefixIndex, prompt_hashes};
+    use crate::prefix::prompt_hashes;
     let rtt = RttTable::from_catalog(Catalog::builtin());
     let prompt: Vec<u32> = (0..2000).collect();
     let mut hashes = Vec::new();
@@ -236,7 +236,6 @@ fn a_cached_prefix_beats_a_slightly_nearer_cold_worker() {
     let ask = Ask { cached: &[], ..ask };
     let best = rank(&view, &rtt, &ask, &[0, 0][..]).iter().next().unwrap();
     assert_eq!(view.workers[best.worker as usize].pop, "FRA");
-    let _ = PrefixIndex::default();
 }
 
 #[test]
