@@ -218,6 +218,12 @@ impl RttTable {
     pub fn get(&self, from: usize, to: usize) -> f32 {
         self.ms[from * self.n + to]
     }
+
+    /// Overrides the RTT from `from` to `to` (the simulator cuts a link by setting it
+    /// to infinity, which no candidate's score survives against a reachable one).
+    pub fn set(&mut self, from: usize, to: usize, ms: f32) {
+        self.ms[from * self.n + to] = ms;
+    }
 }
 
 /// The control plane's fleet feed folded into PoP states, sans-IO: apply `FleetEvent`s

@@ -234,6 +234,41 @@ pub fn parse_profile(text: &str) -> Result<Vec<(StepShape, f64)>, SimError> {
     Ok(out)
 }
 
+/// Host time between back-to-back steps, microseconds: the median of the gap between
+/// one step's end and the next one's start, over steps that follow each other within
+/// `BUSY_GAP_US` (an idle engine's wait is not overhead). `None` without such pairs or
+/// without a `unix_us` column. The profile stamps each line at the end of its step.
+pub fn step_overhead_us(text: &str) -> Option<f64> {
+    const BUSY_GAP_US: f64 = 20_000.0;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next()?.split(',').map(str::trim).collect();
+    let at = header.iter().position(|h| *h == "unix_us")?;
+    let us = header.iter().position(|h| *h == "step_us")?;
+    let mut gaps = Vec::new();
+    let mut last_end: Option<f64> = None;
+    for line in lines {
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        let (Some(Ok(end)), Some(Ok(took))) = (
+            f.get(at).map(|v| v.parse::<f64>()),
+            f.get(us).map(|v| v.parse::<f64>()),
+        ) else {
+            continue;
+        };
+        if let Some(prev) = last_end {
+            let gap = end - took - prev;
+            if (0.0..BUSY_GAP_US).contains(&gap) {
+                gaps.push(gap);
+            }
+        }
+        last_end = Some(end);
+    }
+    if gaps.is_empty() {
+        return None;
+    }
+    gaps.sort_by(f64::total_cmp);
+    Some(gaps[gaps.len() / 2])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,6 +317,19 @@ mod tests {
             "{report:?}"
         );
         assert!((report.total_ratio - 1.0).abs() < 0.01, "{report:?}");
+    }
+
+    #[test]
+    fn the_overhead_is_the_busy_gap_between_steps() {
+        let text = "unix_us,sequences,prefill_sequences,prefill_tokens,decode_tokens,context_tokens,step_us\n\
+                    1000,1,0,0,1,10,1000\n\
+                    2150,1,0,0,1,11,1000\n\
+                    3300,1,0,0,1,12,1000\n\
+                    900000,1,0,0,1,13,1000\n\
+                    901200,1,0,0,1,14,1000\n";
+        // Gaps 150, 150, (idle), 200: the median of the busy ones.
+        assert_eq!(step_overhead_us(text), Some(150.0));
+        assert_eq!(step_overhead_us("step_us\n5\n"), None);
     }
 
     #[test]
