@@ -9,8 +9,8 @@
 //!    per unit of GPU cost (served demand x weight, less GPU and move cost; a lazy heap,
 //!    since gains only fall while replicas are added), the least flexible models first;
 //!    then the local search of `local.rs` (remove, switch kind, relocate, merge, evict).
-//! 5. Large-neighbourhood search (`lns.rs`: rebuild a model's cover, re-size a model's
-//!    replicas at a site) and, on small instances, randomised ruin-and-recreate
+//! 5. Large-neighbourhood search (`lns.rs`: rebuild a model's cover, take over two of
+//!    its sites with one replica at a full site, re-size a model's replicas at a site) and, on small instances, randomised ruin-and-recreate
 //!    (`ruin.rs`); back to 4 while either keeps something.
 //! 6. Route the final placement by max flow.
 //!
@@ -146,7 +146,7 @@ pub fn solve_problem(p: &Problem, options: &SolveOptions) -> Result<Plan, Instan
 }
 
 /// Instances with at most this many (model, site, kind) cells get [`STARTS`] starts.
-const SMALL_CELLS: usize = 2_000;
+pub(super) const SMALL_CELLS: usize = 2_000;
 const STARTS: u64 = 4;
 /// Rounds-then-LNS cycles at most.
 const OUTER: usize = 8;

@@ -9,6 +9,13 @@
 //! cost (what coverage-bound models need) — then pruned of replicas the others can stand
 //! in for. A trial is kept when the objective falls.
 //!
+//! A model with few replicas also gets takeover trials: where one more replica could
+//! serve all the traffic of two of its sites but the kind is full, the replica that
+//! strands the least there is evicted, the model's replica added, the replicas it
+//! stands in for pruned and the evicted model repaired (`local.rs`, `try_evict`). At
+//! scale these are mostly tail 70b and 405b models taking the H100s of a central site
+//! from a popular model, whose traffic there its other replicas nearby can carry.
+//!
 //! Each (model, site) also gets re-sizing trials: its replicas are replaced by another
 //! mix of kinds that carries the same traffic (two small replicas where one large one
 //! costs as much but moves less, say).
@@ -34,7 +41,7 @@ use super::greedy::{MIN_GAIN, Solver, mix};
 /// Passes over all models at most (each pass starts from the max-flow routing).
 const PASSES: usize = 4;
 /// Models with more replicas than this are not rebuilt (see `lns_phase`).
-const REBUILD_MAX_REPLICAS: u32 = 16;
+pub(super) const REBUILD_MAX_REPLICAS: u32 = 16;
 /// Re-sizing looks at mixes within this many replicas per kind of the present one.
 const WINDOW: u32 = 3;
 
@@ -59,6 +66,7 @@ impl Solver<'_> {
                 // next to nothing.
                 if self.st.total[m] <= REBUILD_MAX_REPLICAS {
                     improved |= self.try_rebuild(m);
+                    improved |= self.try_takeover(m);
                 }
                 improved |= self.resize_model(m);
             }
@@ -75,6 +83,21 @@ impl Solver<'_> {
         [false, true]
             .into_iter()
             .any(|by_count| self.rebuild_trial(m, by_count))
+    }
+
+    /// Trials: make room for one more replica of `m` where it could take over the
+    /// traffic of two of its sites ([`Solver::takeover_cells`]), evicting the replica
+    /// that strands the least; keeps the first that pays (with the replicas of `m` it
+    /// lets go, see [`Solver::try_evict`]).
+    fn try_takeover(&mut self, m: usize) -> bool {
+        let p = self.st.p;
+        let (nk, ns) = (p.kinds.len(), p.sites.len());
+        let mut cells = Vec::new();
+        self.takeover_cells(m, &mut cells);
+        cells.sort_by_key(|&c| (mix(self.seed ^ 0x7A6E, c as u64), c));
+        cells
+            .into_iter()
+            .any(|c| self.try_evict(m, None, (c / nk) % ns, c % nk))
     }
 
     fn rebuild_trial(&mut self, m: usize, by_count: bool) -> bool {
@@ -101,7 +124,7 @@ impl Solver<'_> {
             }
         }
         self.cover(m, by_count);
-        self.prune(m);
+        self.prune(m, None);
         if self.restore_floor(m) && self.trial_gain() > MIN_GAIN {
             self.st.commit();
             true
@@ -166,8 +189,9 @@ impl Solver<'_> {
     }
 
     /// Removes replicas of `m` whose traffic the others can take (or whose stranded
-    /// traffic is worth less than the replica), least loaded first.
-    pub(super) fn prune(&mut self, m: usize) {
+    /// traffic is worth less than the replica), least loaded first; never the replicas
+    /// in cell (site, kind) `keep`, which the caller placed to take such traffic over.
+    pub(super) fn prune(&mut self, m: usize, keep: Option<(usize, usize)>) {
         let p = self.st.p;
         let (wu, wg, _) = self.weights();
         let model = &p.models[m];
@@ -183,6 +207,7 @@ impl Solver<'_> {
             }
         }
         cells.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        cells.retain(|&(_, s, k)| Some((s, k)) != keep);
         for (_, s, k) in cells {
             while self.st.x[p.cell(m, s, k)] > 0
                 && self.removable(m, s)

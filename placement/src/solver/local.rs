@@ -15,7 +15,7 @@
 //! keeps a plan a fixed point when it is re-solved as its own `current`.
 
 use super::flow::EPS;
-use super::greedy::{MIN_GAIN, Solver, mix};
+use super::greedy::{MIN_GAIN, SMALL_CELLS, Solver, mix};
 use super::state::Shed;
 
 /// Additions a repair makes at most.
@@ -229,19 +229,27 @@ impl Solver<'_> {
         false
     }
 
-    /// Makes room for blocked additions by evicting another model's replica. Returns
-    /// whether anything changed.
+    /// Makes room for blocked additions by evicting another model's replica. An addition
+    /// is blocked where the kind is full at a site that could serve traffic of the model
+    /// that is unserved or, on small instances, served at another site (a replica here
+    /// may let the model drop replicas elsewhere: the eviction then pays through the
+    /// GPUs and moves it saves). Returns whether anything changed.
     pub(super) fn evict_phase(&mut self) -> bool {
         let p = self.st.p;
         let (nk, ns) = (p.kinds.len(), p.sites.len());
+        let consolidate = p.current.len() <= SMALL_CELLS;
         let mut blocked = Vec::new();
         for (m, entries) in self.entries_of.iter().enumerate() {
             let g = p.models[m].gpus_per_replica;
             for &e in entries {
-                if self.st.unserved[e] <= EPS {
+                let unserved = self.st.unserved[e] > EPS;
+                if !unserved && !consolidate {
                     continue;
                 }
                 for &(s, _) in &p.entries[e].eligible {
+                    if !unserved && self.st.flow[e].iter().all(|f| f.0 == s) {
+                        continue;
+                    }
                     for &k in &p.models[m].fits {
                         if p.can_host(m, s, k) && self.st.free(s, k) < g {
                             blocked.push(p.cell(m, s, k));
@@ -256,7 +264,7 @@ impl Solver<'_> {
         let mut changed = false;
         for c in blocked {
             let (m, s, k) = (c / (nk * ns), (c / nk) % ns, c % nk);
-            if self.st.absorbable(m, s) <= EPS {
+            if !consolidate && self.st.absorbable(m, s) <= EPS {
                 continue;
             }
             if self.try_evict(m, None, s, k) {
@@ -271,6 +279,65 @@ impl Solver<'_> {
             }
         }
         changed
+    }
+
+    /// Appends the full cells (site, kind) where one more replica of `m` could take
+    /// over the traffic of two of its sites: it may serve every entry routed to either
+    /// and has the capacity for both, or it joins one of them and has the capacity for
+    /// the other. One site fewer, if the eviction that makes room pays.
+    pub(super) fn takeover_cells(&self, m: usize, out: &mut Vec<usize>) {
+        let p = self.st.p;
+        let model = &p.models[m];
+        // (site, load of a site of `m` whose traffic it could take over)
+        let mut hits: Vec<(usize, f64)> = Vec::new();
+        let mut served: Vec<usize> = Vec::new();
+        for held in 0..p.sites.len() {
+            if self.st.at_site(m, held) == 0 {
+                continue;
+            }
+            served.clear();
+            served.extend(
+                self.st
+                    .rev
+                    .at(self.st.ms(m, held))
+                    .iter()
+                    .map(|&e| e as usize)
+                    .filter(|&e| self.st.flow[e].iter().any(|f| f.0 == held)),
+            );
+            let Some((&first, rest)) = served.split_first() else {
+                continue;
+            };
+            let load = self.st.load[self.st.ms(m, held)];
+            for &(s, _) in &p.entries[first].eligible {
+                if s != held
+                    && rest
+                        .iter()
+                        .all(|&e| p.entries[e].eligible.iter().any(|f| f.0 == s))
+                {
+                    hits.push((s, load));
+                }
+            }
+        }
+        hits.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        for run in hits.chunk_by(|a, b| a.0 == b.0) {
+            let s = run[0].0;
+            let ms = self.st.ms(m, s);
+            // Joining a site of `m`: its spare capacity helps, one site's load must fit.
+            // Elsewhere: the two lightest loads must fit.
+            let (spare, need) = match (self.st.at_site(m, s) > 0, run) {
+                (true, [(_, l), ..]) => (self.st.cap[ms] - self.st.load[ms], *l),
+                (false, [(_, l1), (_, l2), ..]) => (0.0, l1 + l2),
+                _ => continue,
+            };
+            for &k in &model.fits {
+                if p.can_host(m, s, k)
+                    && self.st.free(s, k) < model.gpus_per_replica
+                    && need <= model.rps[k] + spare + EPS
+                {
+                    out.push(p.cell(m, s, k));
+                }
+            }
+        }
     }
 
     /// Re-packs sites that are full while demand they could serve goes unserved.
@@ -400,8 +467,9 @@ impl Solver<'_> {
     }
 
     /// Trial: evict replicas at (s, k) (of `only`, or whichever strand the least) until
-    /// one of `m` fits, add it, repair every model touched and their floors.
-    fn try_evict(&mut self, m: usize, only: Option<usize>, s: usize, k: usize) -> bool {
+    /// one of `m` fits, add it, prune the replicas of `m` it stands in for, repair every
+    /// model touched and their floors.
+    pub(super) fn try_evict(&mut self, m: usize, only: Option<usize>, s: usize, k: usize) -> bool {
         let p = self.st.p;
         let g = p.models[m].gpus_per_replica;
         self.st.begin();
@@ -422,6 +490,7 @@ impl Solver<'_> {
         if ok {
             self.st.set_replica(m, s, k, true);
             self.st.absorb(m, s);
+            self.prune(m, Some((s, k)));
             victims.push(m);
             self.repair(&victims);
             ok = victims.iter().all(|&v| self.restore_floor(v));

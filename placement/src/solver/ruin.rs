@@ -133,7 +133,7 @@ impl Solver<'_> {
         self.st.reset_routing();
         self.noisy_greedy(rng);
         for m in 0..nm {
-            self.prune(m);
+            self.prune(m, None);
         }
         touched.iter().all(|&m| self.restore_floor(m))
     }
