@@ -79,7 +79,7 @@ pub fn utilisation_map_svg(report: &Report) -> Result<String, SimError> {
     {
         let root = SVGBackend::with_string(&mut svg, MAP_SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
-        let title = format!("PoP utilisation: {}", report.scenario);
+        let title = format!("PoP load: {}", report.scenario);
         let body = root
             .titled(&title, (FONT, 24).into_font().color(&BLACK))
             .map_err(plot_err)?;
@@ -465,9 +465,10 @@ fn draw_map(area: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report) -> Resul
             Circle::new(at, radius(p), colour.mix(0.8).filled())
         }))
         .map_err(plot_err)?;
-    // Names after every circle, so that no circle hides one.
+    // Names after every circle, so that no circle hides one; only PoPs with replicas
+    // are named (hundreds of names would cover the map).
     chart
-        .draw_series(pops.iter().map(|p| {
+        .draw_series(pops.iter().filter(|p| p.replicas > 0).map(|p| {
             let at = (
                 p.lon.clamp(LON.start, LON.end),
                 p.lat.clamp(LAT.start, LAT.end),
@@ -642,9 +643,10 @@ mod tests {
 
         let map = utilisation_map_svg(&r)?;
         assert!(is_svg(&map), "{map}");
-        assert!(map.contains("PoP utilisation: smoke"));
+        assert!(map.contains("PoP load: smoke"));
         assert_eq!(map.matches("<circle").count(), r.pops.len());
-        assert!(map.contains("fra1") && map.contains("nrt1"));
+        // PoPs with replicas are named, the others only drawn.
+        assert!(map.contains("fra1") && !map.contains("nrt1"));
         assert_eq!(utilisation_map_svg(&r)?, map, "deterministic");
         Ok(())
     }

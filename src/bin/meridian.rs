@@ -37,7 +37,7 @@ enum Command {
     /// Run one engine worker alone (the Worker gRPC service), without a PoP agent.
     Worker(WorkerArgs),
     /// Simulate a fleet in virtual time for capacity planning.
-    Sim(SimArgs),
+    Sim(meridian::sim_cmd::SimArgs),
     /// Generate a completion locally with the engine.
     Generate(GenerateArgs),
     /// Fetch and list the model and data assets.
@@ -121,29 +121,6 @@ struct WorkerArgs {
 }
 
 #[derive(Args)]
-struct SimArgs {
-    /// Scenario file (see deploy/scenarios/).
-    #[arg(long)]
-    scenario: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Option<SimCommand>,
-}
-
-#[derive(Subcommand)]
-enum SimCommand {
-    /// Fit the engine performance model on a step profile the engine recorded
-    /// (`engine.step_profile`) and print it as TOML.
-    Fit {
-        /// The step profile (CSV).
-        #[arg(long)]
-        profile: PathBuf,
-        /// Also write the model (TOML) here.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
-}
-
-#[derive(Args)]
 struct GenerateArgs {
     /// GGUF model file; default: the cached SmolLM2-135M-Instruct.
     #[arg(long)]
@@ -222,11 +199,6 @@ fn main() -> ExitCode {
 }
 
 /// Exit status of a command whose role is not built yet: distinct from failures.
-fn not_implemented(what: &str, issue: u32) -> anyhow::Result<ExitCode> {
-    eprintln!("meridian: {what} is not implemented yet (tracked in issue {issue})");
-    Ok(ExitCode::from(2))
-}
-
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Up(args) => up(args).await,
@@ -234,11 +206,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Pop(args) => pop(args).await,
         Command::Router(args) => router(args).await,
         Command::Worker(args) => worker(args).await,
-        Command::Sim(SimArgs {
-            command: Some(SimCommand::Fit { profile, out }),
-            ..
-        }) => sim_fit(&profile, out.as_deref()),
-        Command::Sim(_) => not_implemented("the simulator's fleet run", 7),
+        Command::Sim(args) => meridian::sim_cmd::main(args).await,
         Command::Generate(args) => generate(args).await,
         Command::Models(ModelsCommand::Pull) => {
             let cache = assets::cache_dir();
@@ -284,35 +252,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             meridian::placement_cmd::check(&instance, &plan)
         }
     }
-}
-
-/// `meridian sim fit`: the engine model of a step profile.
-fn sim_fit(profile: &std::path::Path, out: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
-    use meridian_sim::engine_model::{EngineModel, parse_profile};
-    let text = std::fs::read_to_string(profile)
-        .with_context(|| format!("cannot read {}", profile.display()))?;
-    let fitted = parse_profile(&text).and_then(|samples| EngineModel::fit(&samples));
-    let (model, report) = match fitted {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("error: {}: {e}", profile.display());
-            return Ok(ExitCode::from(2));
-        }
-    };
-    let toml = toml::to_string(&model)?;
-    println!(
-        "# fitted on {} steps of {}: R^2 {:.3}, mean relative error {:.1}%, predicted/measured total {:.3}",
-        report.steps,
-        profile.display(),
-        report.r2,
-        100.0 * report.mean_relative_error,
-        report.total_ratio
-    );
-    print!("{toml}");
-    if let Some(out) = out {
-        std::fs::write(out, &toml).with_context(|| format!("cannot write {}", out.display()))?;
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// The configured model file, or the cached SmolLM2 (fetched if missing).
