@@ -111,6 +111,11 @@ enum SimCommand {
         /// Where requests.csv goes.
         #[arg(long)]
         out: PathBuf,
+        /// Closed loop with this many clients, each sending its next request when the
+        /// last one ends (the serving benchmark's max concurrency); default: open loop
+        /// at the trace's times.
+        #[arg(long)]
+        concurrency: Option<usize>,
     },
 }
 
@@ -138,9 +143,19 @@ pub async fn main(args: SimArgs) -> anyhow::Result<ExitCode> {
             println!("trace written to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
-        Some(SimCommand::Replay { trace, worker, out }) => {
-            crate::sim_replay::replay(&crate::sim_replay::ReplayArgs { trace, worker, out })
-                .await?;
+        Some(SimCommand::Replay {
+            trace,
+            worker,
+            out,
+            concurrency,
+        }) => {
+            crate::sim_replay::replay(&crate::sim_replay::ReplayArgs {
+                trace,
+                worker,
+                out,
+                concurrency,
+            })
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Some(SimCommand::Plan {

@@ -34,6 +34,11 @@ pub struct ReplayArgs {
     pub worker: String,
     /// Where `requests.csv` goes.
     pub out: PathBuf,
+    /// Closed loop: this many clients each send their next request when the last one
+    /// ends, ignoring the trace's times (the vLLM/Infire serving benchmark's
+    /// `--max-concurrency` with every request queued at once). `None`: open loop, each
+    /// request at its time.
+    pub concurrency: Option<usize>,
 }
 
 /// One request of the trace.
@@ -256,6 +261,7 @@ fn summary(outcomes: &[Outcome]) -> String {
     let last = done.iter().map(|o| o.end_ms).fold(0.0, f64::max);
     let span_s = ((last - first) / 1000.0).max(1e-9);
     let tokens: u64 = done.iter().map(|o| u64::from(o.tokens)).sum();
+    let prompt: u64 = done.iter().map(|o| u64::from(o.prompt_tokens)).sum();
     let _ = writeln!(
         s,
         "TTFT: mean {:.1} ms, p90 {:.1} ms; TPOT: mean {:.2} ms",
@@ -265,9 +271,10 @@ fn summary(outcomes: &[Outcome]) -> String {
     );
     let _ = writeln!(
         s,
-        "throughput: {:.3} req/s, {:.1} output tok/s over {span_s:.1} s",
+        "throughput: {:.3} req/s, {:.1} output tok/s, {:.1} total (prompt + output) tok/s over {span_s:.1} s",
         done.len() as f64 / span_s,
-        tokens as f64 / span_s
+        tokens as f64 / span_s,
+        (tokens + prompt) as f64 / span_s
     );
     s
 }
@@ -325,19 +332,49 @@ pub async fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
     );
     // A short lead so the first request's timer is not already late.
     let start = Instant::now() + Duration::from_millis(50);
-    let tasks: Vec<_> = rows
-        .into_iter()
-        .enumerate()
-        .map(|(i, row)| {
-            let client = clients[i % clients.len()].clone();
-            tokio::spawn(send(client, i, row, start))
-        })
-        .collect();
-    let mut outcomes = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        match task.await {
-            Ok(o) => outcomes.push(o),
-            Err(e) => eprintln!("a request task failed: {e}"),
+    let mut outcomes = Vec::with_capacity(rows.len());
+    if let Some(n) = args.concurrency {
+        let rows = std::sync::Arc::new(rows);
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..n.max(1))
+            .map(|c| {
+                let (rows, next) = (rows.clone(), next.clone());
+                let client = clients[c % clients.len()].clone();
+                tokio::spawn(async move {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(row) = rows.get(i) else { break };
+                        let row = Row {
+                            t_ms: 0.0,
+                            ..row.clone()
+                        };
+                        done.push(send(client.clone(), i, row, start).await);
+                    }
+                    done
+                })
+            })
+            .collect();
+        for task in tasks {
+            match task.await {
+                Ok(o) => outcomes.extend(o),
+                Err(e) => eprintln!("a client task failed: {e}"),
+            }
+        }
+    } else {
+        let tasks: Vec<_> = rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let client = clients[i % clients.len()].clone();
+                tokio::spawn(send(client, i, row, start))
+            })
+            .collect();
+        for task in tasks {
+            match task.await {
+                Ok(o) => outcomes.push(o),
+                Err(e) => eprintln!("a request task failed: {e}"),
+            }
         }
     }
     let mut errors: Vec<&str> = outcomes.iter().filter_map(|o| o.error.as_deref()).collect();

@@ -6,9 +6,14 @@
 //!   together, one token per sequence per step (llama-batched-bench `-npp 128 -ntg 128
 //!   -npl N`, its S_TG column).
 //!
-//! It drives the scheduler's data structures and the CPU backend directly, as the
-//! engine's step loop does, with greedy sampling. Run with
+//! It drives the scheduler's data structures and a backend directly, as the engine's
+//! step loop does, with greedy sampling (on the device where the backend can). Run with
 //! `cargo bench -p meridian-engine --bench engine [-- --threads N]`.
+//!
+//! On a GPU (`--features cuda -- --device cuda [--synthetic llama-3.1-8b] [--model F]`)
+//! it also prints the time from the model file to the first token, the measured memory
+//! bandwidth and the batch-1 decode floor it implies (weight bytes read per step over
+//! that bandwidth), and runs the decode rows with and without CUDA graphs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -40,14 +45,30 @@ fn argmax(row: &[f32]) -> u32 {
     best as u32
 }
 
-struct Bench {
-    backend: CpuBackend,
+struct Bench<B: Backend> {
+    backend: B,
     blocks: BlockManager,
     logits: Vec<f32>,
+    picks: Vec<(u32, f32)>,
     vocab: usize,
 }
 
-impl Bench {
+impl<B: Backend> Bench<B> {
+    /// One step's greedy tokens: picked on the device when the backend can, else the
+    /// argmax of the logits it returns.
+    fn greedy(&mut self, batch: &Batch<'_>) -> Vec<u32> {
+        let n = batch.num_logits();
+        self.picks.resize(n, (0, 0.0));
+        if self.backend.step_greedy(batch, &mut self.picks).unwrap() {
+            return self.picks.iter().map(|p| p.0).collect();
+        }
+        self.logits.resize(n.max(1) * self.vocab, 0.0);
+        self.backend.step(batch, &mut self.logits).unwrap();
+        (0..n)
+            .map(|r| argmax(&self.logits[r * self.vocab..(r + 1) * self.vocab]))
+            .collect()
+    }
+
     /// Prefills `n_seqs` prompts of `n_prompt` tokens (in steps of at most `chunk`
     /// tokens), then decodes `n_gen` tokens each. Returns (prefill s, decode s).
     fn run(&mut self, n_seqs: usize, n_prompt: usize, n_gen: usize, chunk: usize) -> (f64, f64) {
@@ -96,28 +117,20 @@ impl Bench {
                 budget -= len;
             }
             let batch_seqs: Vec<BatchSeq<'_>> = seqs.iter().map(|(_, b)| *b).collect();
-            let n_logits = batch_seqs.iter().filter(|b| b.logits).count();
-            self.logits.resize(n_logits.max(1) * self.vocab, 0.0);
-            self.backend
-                .step(
-                    &Batch {
-                        tokens: &tokens,
-                        seqs: &batch_seqs,
-                    },
-                    &mut self.logits,
-                )
-                .unwrap();
+            let picks = self.greedy(&Batch {
+                tokens: &tokens,
+                seqs: &batch_seqs,
+            });
             let mut row = 0;
             for (s, b) in &seqs {
                 if b.logits {
-                    last[*s] = argmax(&self.logits[row * self.vocab..(row + 1) * self.vocab]);
+                    last[*s] = picks[row];
                     row += 1;
                 }
             }
         }
         let prefill = started.elapsed().as_secs_f64();
         let started = Instant::now();
-        self.logits.resize(n_seqs * self.vocab, 0.0);
         for g in 0..n_gen {
             let batch_seqs: Vec<BatchSeq<'_>> = (0..n_seqs)
                 .map(|s| BatchSeq {
@@ -127,18 +140,10 @@ impl Bench {
                     logits: true,
                 })
                 .collect();
-            self.backend
-                .step(
-                    &Batch {
-                        tokens: &last,
-                        seqs: &batch_seqs,
-                    },
-                    &mut self.logits,
-                )
-                .unwrap();
-            for (s, t) in last.iter_mut().enumerate() {
-                *t = argmax(&self.logits[s * self.vocab..(s + 1) * self.vocab]);
-            }
+            last = self.greedy(&Batch {
+                tokens: &last,
+                seqs: &batch_seqs,
+            });
         }
         let decode = started.elapsed().as_secs_f64();
         for t in &tables {
@@ -170,7 +175,14 @@ fn main() {
     let npl: Vec<usize> = flag("--npl")
         .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 4, 16, 32, 64]);
-    let path = model_path();
+    let path = flag("--model").map_or_else(model_path, PathBuf::from);
+    if flag("--device").is_some_and(|d| d.starts_with("cuda")) {
+        #[cfg(feature = "cuda")]
+        gpu::main(&path, flag("--synthetic"), &npl);
+        #[cfg(not(feature = "cuda"))]
+        eprintln!("built without the cuda feature: run with --features cuda");
+        return;
+    }
     let file = GgufFile::open(&path).expect("run `meridian models pull` first");
     let config = ModelConfig::from_gguf(&file).unwrap();
     let vocab = config.vocab_size;
@@ -181,16 +193,17 @@ fn main() {
     let backend =
         CpuBackend::load(&file, config, block_size, num_blocks, threads, &mut |_| {}).unwrap();
     let load_s = load.elapsed().as_secs_f64();
+    let describe = backend.describe();
     let mut bench = Bench {
         backend,
         blocks: BlockManager::new(num_blocks, block_size),
         logits: Vec::new(),
+        picks: Vec::new(),
         vocab,
     };
     println!(
-        "meridian engine: {} ({}), load {:.2} s",
+        "meridian engine: {} ({describe}), load {:.2} s",
         path.display(),
-        bench.backend.describe(),
         load_s
     );
 
@@ -208,4 +221,92 @@ fn main() {
         );
     }
     println!("peak RSS: {:.0} MiB", peak_rss_mib());
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use super::*;
+    use meridian_engine::backend::cuda::{CudaBackend, CudaOptions, Weights};
+    use meridian_engine::model::checkpoint::Checkpoint;
+
+    pub fn main(path: &std::path::Path, synthetic: Option<String>, npl: &[usize]) {
+        let started = Instant::now();
+        let ckpt = Checkpoint::open(path).expect("run `meridian models pull` first");
+        let (config, weights) = match &synthetic {
+            Some(name) => (ModelConfig::synthetic(name).unwrap(), Weights::Synthetic(7)),
+            None => (ckpt.config().unwrap(), Weights::File(ckpt.weights())),
+        };
+        let vocab = config.vocab_size;
+        let block_size = 16;
+        let max_seqs = npl.iter().copied().max().unwrap_or(1).max(1);
+        let opts = CudaOptions {
+            device: 0,
+            block_size,
+            kv_blocks: 0,
+            memory_fraction: 0.9,
+            max_tokens: 2048,
+            max_seqs,
+            graphs: true,
+        };
+        let backend = match CudaBackend::load(weights, config, &opts, &mut |_| {}) {
+            Ok(b) => b,
+            Err(e) => {
+                println!("no GPU benchmark: {e}");
+                return;
+            }
+        };
+        let num_blocks = backend.num_kv_blocks();
+        let mut bench = Bench {
+            backend,
+            blocks: BlockManager::new(num_blocks, block_size),
+            logits: Vec::new(),
+            picks: Vec::new(),
+            vocab,
+        };
+        // The first token: a one-token prompt through the whole network.
+        bench.run(1, 1, 1, 2048);
+        let first_token = started.elapsed().as_secs_f64();
+        let model = synthetic.clone().map_or_else(
+            || path.display().to_string(),
+            |s| format!("{s} (synthetic f16 weights)"),
+        );
+        println!("meridian engine: {model} ({})", bench.backend.describe());
+        println!("model file to first token: {first_token:.2} s");
+        let bw = bench.backend.measure_bandwidth(1 << 30).unwrap();
+        let bytes = bench.backend.step_weight_bytes();
+        let floor_ms = bytes as f64 / bw * 1000.0;
+        println!(
+            "memory bandwidth (device copy, read + write): {:.0} GB/s; weights read per step: {:.1} MB; batch-1 floor {floor_ms:.3} ms/token",
+            bw / 1e9,
+            bytes as f64 / 1e6
+        );
+        println!("kv blocks: {num_blocks} of {block_size} tokens");
+        bench.run(1, 32, 8, 2048); // warm-up
+        let (pp, _) = bench.run(1, 512, 1, 2048);
+        println!("prefill 512 tokens:        {:8.1} tok/s", 512.0 / pp);
+        for graphs in [true, false] {
+            bench.backend.set_graphs(graphs).unwrap();
+            let label = if graphs { "graphs" } else { "eager" };
+            let (_, tg) = bench.run(1, 128, 128, 2048);
+            let ms = tg * 1000.0 / 128.0;
+            println!(
+                "decode batch 1 ({label}): {ms:.3} ms/token, {:.1} tok/s, {:.2}x the floor",
+                1000.0 / ms,
+                ms / floor_ms
+            );
+        }
+        for &n in npl {
+            for graphs in [true, false] {
+                bench.backend.set_graphs(graphs).unwrap();
+                let label = if graphs { "graphs" } else { "eager" };
+                let (pp, tg) = bench.run(n, 128, 128, 2048);
+                println!(
+                    "npl {n:3} ({label}): prefill {:8.1} tok/s, decode total {:8.1} tok/s",
+                    (n * 128) as f64 / pp,
+                    (n * 128) as f64 / tg
+                );
+            }
+        }
+        bench.backend.set_graphs(true).unwrap();
+    }
 }

@@ -24,6 +24,18 @@ pub struct EngineConfig {
     pub max_batch_tokens: usize,
     /// Sequences running at once, at most.
     pub max_running: usize,
+    /// Where steps run: `cpu`, or `cuda` / `cuda:N` (GPU N) in builds with the `cuda`
+    /// feature (the default for the `meridian` binaries).
+    pub device: String,
+    /// On a GPU with `kv_blocks` 0: the fraction of the GPU's memory the worker may hold
+    /// (weights, activations, graphs); the KV cache gets what is left of it.
+    pub gpu_memory_fraction: f32,
+    /// On a GPU: replay decode steps as CUDA graphs captured per batch-size bucket.
+    pub cuda_graphs: bool,
+    /// Build this architecture with generated weights instead of the model file's
+    /// (`llama-3.1-8b`, on a GPU), as vLLM's `dummy` load format does: the file still
+    /// gives the tokenizer; the text is meaningless and the speed real. For benchmarks.
+    pub synthetic: Option<String>,
     /// CSV file the step thread appends one line per engine step to (the batch's shape
     /// and its duration), for fitting the simulator's engine model; none: no profile.
     pub step_profile: Option<PathBuf>,
@@ -40,6 +52,10 @@ impl Default for EngineConfig {
             max_batch_tokens: 512,
             max_running: 64,
             step_profile: None,
+            device: "cpu".into(),
+            gpu_memory_fraction: 0.9,
+            cuda_graphs: true,
+            synthetic: None,
         }
     }
 }
@@ -63,7 +79,31 @@ impl EngineConfig {
                 "set kv_blocks or kv_memory_bytes".into(),
             ));
         }
+        self.gpu_ordinal()?;
+        if !(self.gpu_memory_fraction > 0.0 && self.gpu_memory_fraction <= 1.0) {
+            return Err(EngineError::Config(format!(
+                "gpu_memory_fraction must be in (0, 1], got {}",
+                self.gpu_memory_fraction
+            )));
+        }
         Ok(())
+    }
+
+    /// `None` for the CPU, else the GPU ordinal (`cuda` is GPU 0).
+    pub fn gpu_ordinal(&self) -> Result<Option<usize>, EngineError> {
+        match self.device.as_str() {
+            "cpu" => Ok(None),
+            "cuda" => Ok(Some(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Some)
+                .ok_or_else(|| {
+                    EngineError::Config(format!(
+                        "device must be cpu, cuda or cuda:N, got {other:?}"
+                    ))
+                }),
+        }
     }
 }
 
@@ -89,5 +129,30 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.validate().is_err());
+        for (device, want) in [("cpu", None), ("cuda", Some(0)), ("cuda:3", Some(3))] {
+            let c = EngineConfig {
+                device: device.into(),
+                ..Default::default()
+            };
+            assert_eq!(c.gpu_ordinal().unwrap(), want);
+        }
+        for device in ["gpu", "cuda:", "cuda:x", "CPU"] {
+            let c = EngineConfig {
+                device: device.into(),
+                ..Default::default()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("cpu, cuda or cuda:N"), "{e}");
+        }
+        let c = EngineConfig {
+            gpu_memory_fraction: 1.5,
+            ..Default::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("gpu_memory_fraction")
+        );
     }
 }

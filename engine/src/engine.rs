@@ -24,6 +24,47 @@ use crate::scheduler::{Scheduler, SchedulerConfig, SeqId, StepPlan};
 use crate::tokenizer::{ChatMessage, IncrementalDecoder, Tokenizer};
 use crate::{EngineConfig, EngineError};
 
+#[cfg(feature = "cuda")]
+fn load_cuda(
+    checkpoint: &Checkpoint,
+    model: ModelConfig,
+    config: &EngineConfig,
+    device: usize,
+    progress: &mut dyn FnMut(f32),
+) -> Result<(Box<dyn Backend>, usize), EngineError> {
+    use crate::backend::cuda::{CudaBackend, CudaOptions, Weights};
+    let weights = match config.synthetic {
+        Some(_) => Weights::Synthetic(0x6d65_7269_6469_616e),
+        None => Weights::File(checkpoint.weights()),
+    };
+    let opts = CudaOptions {
+        device,
+        block_size: config.kv_block_size,
+        kv_blocks: config.kv_blocks,
+        memory_fraction: config.gpu_memory_fraction,
+        max_tokens: config.max_batch_tokens,
+        max_seqs: config.max_running,
+        graphs: config.cuda_graphs,
+    };
+    let backend = CudaBackend::load(weights, model, &opts, progress)?;
+    let bytes = backend.weight_bytes();
+    Ok((Box::new(backend), bytes))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn load_cuda(
+    _checkpoint: &Checkpoint,
+    _model: ModelConfig,
+    config: &EngineConfig,
+    _device: usize,
+    _progress: &mut dyn FnMut(f32),
+) -> Result<(Box<dyn Backend>, usize), EngineError> {
+    Err(EngineError::Config(format!(
+        "device {:?}: this build has no CUDA backend (build with the `cuda` feature)",
+        config.device
+    )))
+}
+
 /// What to generate from.
 #[derive(Debug, Clone)]
 pub enum Input {
@@ -157,6 +198,7 @@ pub struct Engine {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     describe: String,
     weight_bytes: usize,
+    device_memory: Option<(u64, u64)>,
 }
 
 impl Engine {
@@ -173,25 +215,39 @@ impl Engine {
     ) -> Result<Self, EngineError> {
         config.validate()?;
         let checkpoint = Checkpoint::open(path)?;
-        let model = checkpoint.config()?;
         let tokenizer = Arc::new(checkpoint.tokenizer()?);
-        let num_blocks = if config.kv_blocks > 0 {
-            config.kv_blocks
-        } else {
-            let per_block = model.kv_bytes_per_token() * config.kv_block_size;
-            (config.kv_memory_bytes as usize / per_block.max(1)).max(1)
+        let model = match &config.synthetic {
+            Some(name) => ModelConfig::synthetic(name)?,
+            None => checkpoint.config()?,
         };
-        let backend = CpuBackend::load(
-            checkpoint.weights(),
-            model.clone(),
-            config.kv_block_size,
-            num_blocks,
-            config.threads,
-            progress,
-        )?;
-        let weight_bytes = backend.weight_bytes();
+        let (backend, weight_bytes): (Box<dyn Backend>, usize) = match config.gpu_ordinal()? {
+            None => {
+                if config.synthetic.is_some() {
+                    return Err(EngineError::Config(
+                        "synthetic models run on a GPU only (device = \"cuda\")".into(),
+                    ));
+                }
+                let num_blocks = if config.kv_blocks > 0 {
+                    config.kv_blocks
+                } else {
+                    let per_block = model.kv_bytes_per_token() * config.kv_block_size;
+                    (config.kv_memory_bytes as usize / per_block.max(1)).max(1)
+                };
+                let backend = CpuBackend::load(
+                    checkpoint.weights(),
+                    model.clone(),
+                    config.kv_block_size,
+                    num_blocks,
+                    config.threads,
+                    progress,
+                )?;
+                let bytes = backend.weight_bytes();
+                (Box::new(backend), bytes)
+            }
+            Some(device) => load_cuda(&checkpoint, model, config, device, progress)?,
+        };
         Ok(Self::start(
-            Box::new(backend),
+            backend,
             tokenizer,
             config,
             path.to_path_buf(),
@@ -211,6 +267,7 @@ impl Engine {
         let total_blocks = backend.num_kv_blocks();
         let block_size = backend.block_size();
         let describe = backend.describe();
+        let device_memory = backend.device_memory();
         let scheduler = Scheduler::new(
             SchedulerConfig {
                 max_batch_tokens: config.max_batch_tokens,
@@ -244,6 +301,7 @@ impl Engine {
             stats: stats.clone(),
             stop: stop.clone(),
             logits: Vec::new(),
+            picks: Vec::new(),
             tokens: Vec::new(),
             rates: Rates::default(),
             profile,
@@ -266,7 +324,13 @@ impl Engine {
             thread: Mutex::new(thread),
             describe,
             weight_bytes,
+            device_memory,
         }
+    }
+
+    /// The GPU's memory (total, in use by the worker), bytes; `None` on the CPU.
+    pub fn device_memory(&self) -> Option<(u64, u64)> {
+        self.device_memory
     }
 
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
@@ -477,6 +541,8 @@ struct StepLoop {
     stats: Arc<Mutex<EngineStats>>,
     stop: Arc<AtomicBool>,
     logits: Vec<f32>,
+    /// Device-side greedy picks of a step: (token, log-probability) per logits row.
+    picks: Vec<(u32, f32)>,
     tokens: Vec<u32>,
     rates: Rates,
     profile: Option<StepProfile>,
@@ -641,21 +707,39 @@ impl StepLoop {
         };
         let vocab = self.backend.config().vocab_size;
         let n_logits = batch.num_logits();
-        if self.logits.len() < n_logits * vocab {
-            self.logits.resize(n_logits * vocab, 0.0);
+        // Greedy rows only: the backend may pick on its device and return just the picks.
+        let all_greedy = plan
+            .chunks
+            .iter()
+            .filter(|c| c.logits)
+            .all(|c| self.seqs.get(&c.seq).is_none_or(|a| a.sampler.is_greedy()));
+        self.picks.clear();
+        self.picks.resize(n_logits, (0, 0.0));
+        let picked = all_greedy && self.backend.step_greedy(&batch, &mut self.picks)?;
+        if !picked {
+            if self.logits.len() < n_logits * vocab {
+                self.logits.resize(n_logits * vocab, 0.0);
+            }
+            self.backend.step(&batch, &mut self.logits)?;
         }
-        self.backend.step(&batch, &mut self.logits)?;
         drop(seqs);
         self.scheduler.complete(&plan);
 
         let mut prompt_tokens = 0;
         let mut generated = 0;
         let logits = std::mem::take(&mut self.logits);
+        let picks = std::mem::take(&mut self.picks);
         for (row, c) in plan.chunks.iter().filter(|c| c.logits).enumerate() {
             generated += 1;
-            self.on_logits(c.seq, &logits[row * vocab..(row + 1) * vocab]);
+            if picked {
+                let (token, logprob) = picks[row];
+                self.on_token(c.seq, token, logprob);
+            } else {
+                self.on_logits(c.seq, &logits[row * vocab..(row + 1) * vocab]);
+            }
         }
         self.logits = logits;
+        self.picks = picks;
         for c in &plan.chunks {
             if c.len > 1 || !c.logits {
                 prompt_tokens += c.len;
@@ -677,6 +761,14 @@ impl StepLoop {
             return;
         };
         let (token, logprob) = active.sampler.sample(logits);
+        self.on_token(id, token, logprob);
+    }
+
+    /// A sequence's next token, sampled here or picked by the backend.
+    fn on_token(&mut self, id: SeqId, token: u32, logprob: f32) {
+        let Some(active) = self.seqs.get_mut(&id) else {
+            return;
+        };
         active.generated += 1;
         let end_of_generation =
             !active.request.ignore_eos && self.tokenizer.is_end_of_generation(token);

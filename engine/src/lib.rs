@@ -2,7 +2,7 @@
 //!
 //! Model loading (GGUF), the tokenizer, the paged KV cache with prefix caching, the
 //! continuous-batching scheduler with chunked prefill, sampling, the backends that run
-//! one step on a batch (`cpu`; `cuda` to come behind a cargo feature), the step loop
+//! one step on a batch (`cpu`; `cuda` behind the cargo feature of that name), the step loop
 //! ([`Engine`]), the worker slot whose model loads, unloads and drains at runtime
 //! ([`slot::WorkerSlot`]) and the `meridian.worker.v1.Worker` gRPC service over it.
 //!
@@ -75,6 +75,9 @@ pub enum EngineError {
     /// The request is invalid for this model (the message says which value).
     #[error("{0}")]
     InvalidRequest(String),
+    /// The GPU or its libraries are missing or failed (the message says which).
+    #[error("GPU backend: {0}")]
+    Device(String),
     /// The engine's step thread has stopped.
     #[error("the engine has stopped")]
     Stopped,

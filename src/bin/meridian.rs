@@ -115,9 +115,52 @@ struct WorkerArgs {
     /// Prometheus listen address.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+}
+
+/// Where the engine runs, overriding the role file's `[engine]` section.
+#[derive(Args)]
+struct DeviceArgs {
+    /// cpu, cuda or cuda:N.
+    #[arg(long)]
+    device: Option<String>,
+    /// Build this architecture with generated weights (llama-3.1-8b; GPU only); the
+    /// model file still gives the tokenizer. For benchmarks: meaningless text, real speed.
+    #[arg(long)]
+    synthetic: Option<String>,
+    /// Run decode steps eagerly instead of replaying CUDA graphs.
+    #[arg(long)]
+    no_cuda_graphs: bool,
+    /// Most sequences running at once.
+    #[arg(long)]
+    max_running: Option<usize>,
+    /// Most tokens in one step.
+    #[arg(long)]
+    max_batch_tokens: Option<usize>,
+}
+
+impl DeviceArgs {
+    fn apply(&self, engine: &mut meridian_engine::EngineConfig) {
+        if let Some(d) = &self.device {
+            engine.device = d.clone();
+        }
+        if self.synthetic.is_some() {
+            engine.synthetic = self.synthetic.clone();
+        }
+        if self.no_cuda_graphs {
+            engine.cuda_graphs = false;
+        }
+        if let Some(n) = self.max_running {
+            engine.max_running = n;
+        }
+        if let Some(n) = self.max_batch_tokens {
+            engine.max_batch_tokens = n;
+        }
+    }
 }
 
 #[derive(Args)]
@@ -146,6 +189,8 @@ struct GenerateArgs {
     /// Append a line per engine step to this CSV (for `meridian sim fit`).
     #[arg(long)]
     step_profile: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 #[derive(Subcommand)]
@@ -411,11 +456,12 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         "model file {} does not exist",
         model.display()
     );
-    let engine_config = meridian_engine::EngineConfig {
+    let mut engine_config = meridian_engine::EngineConfig {
         threads: args.threads,
         step_profile: args.step_profile.clone(),
         ..Default::default()
     };
+    args.device.apply(&mut engine_config);
     let bar = indicatif::ProgressBar::new(100).with_style(
         indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {percent}%")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -509,6 +555,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     if args.metrics_listen.is_some() {
         cfg.metrics_listen = args.metrics_listen;
     }
+    args.device.apply(&mut cfg.engine);
     if args.print_config {
         print!("{}", config::to_toml(&cfg)?);
         return Ok(ExitCode::SUCCESS);
@@ -521,7 +568,12 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     };
     let engine = tokio::task::block_in_place(|| meridian_engine::Engine::load(&model, &cfg.engine))
         .with_context(|| format!("cannot load {}", model.display()))?;
-    let model_id = meridian_engine::model_id(&model);
+    // A synthetic model is served under its own name, never the file's it took the
+    // tokenizer from.
+    let model_id = match &cfg.engine.synthetic {
+        Some(name) => format!("{name}-synthetic"),
+        None => meridian_engine::model_id(&model),
+    };
     tracing::info!(model = %model.display(), model_id, backend = engine.describe(), "engine loaded");
     let slot = meridian_engine::slot::WorkerSlot::with_engine(
         cfg.engine.clone(),

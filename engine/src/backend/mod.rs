@@ -8,6 +8,8 @@
 //! for the largest step, so a step allocates nothing.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use crate::EngineError;
 use crate::kv::BlockId;
@@ -54,6 +56,24 @@ pub trait Backend: Send {
     /// Runs one step. `logits` receives `batch.num_logits()` rows of `vocab_size` values,
     /// in `batch.seqs` order.
     fn step(&mut self, batch: &Batch<'_>, logits: &mut [f32]) -> Result<(), EngineError>;
+
+    /// Runs one step and picks each logits row's most likely token (the lowest id on
+    /// ties) with its log-probability on the device, so that only the picks reach the
+    /// host: `picks` receives `batch.num_logits()` of them, in `batch.seqs` order.
+    /// `Ok(false)`: this backend has no such path and did nothing; use [`Backend::step`].
+    fn step_greedy(
+        &mut self,
+        _batch: &Batch<'_>,
+        _picks: &mut [(u32, f32)],
+    ) -> Result<bool, EngineError> {
+        Ok(false)
+    }
+
+    /// The device's memory (total, in use by this backend's process), bytes; `None`
+    /// for host memory.
+    fn device_memory(&self) -> Option<(u64, u64)> {
+        None
+    }
 
     /// A short description for logs and `Health` (device, kernel path, threads).
     fn describe(&self) -> String;

@@ -203,6 +203,34 @@ impl ModelConfig {
         self.n_kv_heads * self.head_dim
     }
 
+    /// The shape of a named architecture, for a model built with generated weights
+    /// (`synthetic` in the engine's configuration): `llama-3.1-8b` (Meta's published
+    /// configuration: 32 layers, hidden 4096, 32 heads over 8 KV heads of 128, SwiGLU
+    /// 14336, vocabulary 128256, RoPE base 500000; its RoPE scaling, which changes no
+    /// step's cost, is left out).
+    pub fn synthetic(name: &str) -> Result<Self, EngineError> {
+        match name {
+            "llama-3.1-8b" => Ok(Self {
+                architecture: "llama".into(),
+                n_layers: 32,
+                d_model: 4096,
+                n_heads: 32,
+                n_kv_heads: 8,
+                head_dim: 128,
+                d_ff: 14336,
+                vocab_size: 128_256,
+                context_length: 131_072,
+                rope_theta: 500_000.0,
+                rope_style: RopeStyle::Halves,
+                rms_eps: 1e-5,
+                qkv_bias: false,
+            }),
+            other => Err(EngineError::Config(format!(
+                "unknown synthetic model {other:?} (known: llama-3.1-8b)"
+            ))),
+        }
+    }
+
     /// Width of the Q projection.
     pub fn q_dim(&self) -> usize {
         self.n_heads * self.head_dim

@@ -68,6 +68,11 @@ impl Sampler {
     }
 
     /// The parameters this sampler was built with.
+    /// Whether this sampler always takes the most likely token (temperature 0).
+    pub fn is_greedy(&self) -> bool {
+        self.inv_temperature.is_none()
+    }
+
     pub fn params(&self) -> &SamplingParams {
         &self.params
     }
