@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use meridian_engine::backend::cpu::CpuBackend;
-use meridian_engine::backend::{Backend, Batch, BatchSeq};
+use meridian_engine::backend::{Backend, Batch, BatchSeq, Pick};
 use meridian_engine::gguf::GgufFile;
 use meridian_engine::kv::{BlockId, BlockManager};
 use meridian_engine::model::ModelConfig;
@@ -58,8 +58,18 @@ impl<B: Backend> Bench<B> {
     /// argmax of the logits it returns.
     fn greedy(&mut self, batch: &Batch<'_>) -> Vec<u32> {
         let n = batch.num_logits();
-        self.picks.resize(n, (0, 0.0));
-        if self.backend.step_greedy(batch, &mut self.picks).unwrap() {
+        if self.backend.picks_on_device() {
+            let greedy = Pick {
+                inv_temperature: 0.0,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.0,
+                uniform: 0.0,
+            };
+            self.picks.resize(n, (0, 0.0));
+            self.backend
+                .step_pick(batch, &vec![greedy; n], &mut self.picks)
+                .unwrap();
             return self.picks.iter().map(|p| p.0).collect();
         }
         self.logits.resize(n.max(1) * self.vocab, 0.0);

@@ -301,6 +301,7 @@ impl Engine {
             stats: stats.clone(),
             stop: stop.clone(),
             logits: Vec::new(),
+            rows: Vec::new(),
             picks: Vec::new(),
             tokens: Vec::new(),
             rates: Rates::default(),
@@ -541,7 +542,9 @@ struct StepLoop {
     stats: Arc<Mutex<EngineStats>>,
     stop: Arc<AtomicBool>,
     logits: Vec<f32>,
-    /// Device-side greedy picks of a step: (token, log-probability) per logits row.
+    /// A device-sampled step's settings per logits row, and its tokens with their
+    /// log-probabilities.
+    rows: Vec<crate::backend::Pick>,
     picks: Vec<(u32, f32)>,
     tokens: Vec<u32>,
     rates: Rates,
@@ -707,16 +710,22 @@ impl StepLoop {
         };
         let vocab = self.backend.config().vocab_size;
         let n_logits = batch.num_logits();
-        // Greedy rows only: the backend may pick on its device and return just the picks.
-        let all_greedy = plan
-            .chunks
-            .iter()
-            .filter(|c| c.logits)
-            .all(|c| self.seqs.get(&c.seq).is_none_or(|a| a.sampler.is_greedy()));
-        self.picks.clear();
-        self.picks.resize(n_logits, (0, 0.0));
-        let picked = all_greedy && self.backend.step_greedy(&batch, &mut self.picks)?;
-        if !picked {
+        // A backend that samples on its device returns only the tokens.
+        let picked = self.backend.picks_on_device();
+        if picked {
+            self.rows.clear();
+            for c in plan.chunks.iter().filter(|c| c.logits) {
+                let pick = match self.seqs.get_mut(&c.seq) {
+                    Some(a) => a.sampler.device_pick(),
+                    None => Sampler::new(SamplingParams::default(), vocab, 0).device_pick(),
+                };
+                self.rows.push(pick);
+            }
+            self.picks.clear();
+            self.picks.resize(n_logits, (0, 0.0));
+            self.backend
+                .step_pick(&batch, &self.rows, &mut self.picks)?;
+        } else {
             if self.logits.len() < n_logits * vocab {
                 self.logits.resize(n_logits * vocab, 0.0);
             }

@@ -96,7 +96,31 @@ impl EtcdServer {
     /// Suspends etcd (SIGSTOP): its port still accepts connections but nothing answers,
     /// as with a partitioned or overloaded server. [`thaw`](Self::thaw) resumes it.
     pub fn freeze(&self) -> io::Result<()> {
-        self.signal("-STOP")
+        self.signal("-STOP")?;
+        // The signal is only queued when `kill` returns; wait until every thread has
+        // stopped, or a request sent at once may still be answered (seen on a loaded
+        // machine).
+        let Some(pid) = self.pid() else {
+            return Ok(());
+        };
+        let stat = format!("/proc/{pid}/stat");
+        for _ in 0..200 {
+            match std::fs::read_to_string(&stat) {
+                // The state follows the parenthesized command name.
+                Ok(s)
+                    if s.rsplit_once(") ")
+                        .is_some_and(|(_, rest)| rest.starts_with('T')) =>
+                {
+                    return Ok(());
+                }
+                Ok(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                // No /proc (not Linux): nothing to wait on.
+                Err(_) => return Ok(()),
+            }
+        }
+        Err(io::Error::other(format!(
+            "etcd (pid {pid}) did not stop within 1 s"
+        )))
     }
 
     /// Resumes etcd after [`freeze`](Self::freeze) (SIGCONT).

@@ -43,6 +43,22 @@ impl Batch<'_> {
     }
 }
 
+/// How one logits row becomes a token on the device: the row's sampling settings and
+/// the one uniform its sampler drew for this step (see [`crate::sampling::Sampler`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pick {
+    /// 1 / temperature; 0 takes the most likely token (the lowest id on ties).
+    pub inv_temperature: f32,
+    /// Keep the `top_k` most likely tokens; 0: off.
+    pub top_k: u32,
+    /// Keep the smallest most-likely prefix holding `top_p` of the weight; 0 or 1: off.
+    pub top_p: f32,
+    /// Drop tokens below `min_p` times the most likely one's weight; 0: off.
+    pub min_p: f32,
+    /// In [0, 1): where the draw lands in the kept weight.
+    pub uniform: f64,
+}
+
 /// Runs a model's steps on some hardware.
 pub trait Backend: Send {
     fn config(&self) -> &ModelConfig;
@@ -57,16 +73,25 @@ pub trait Backend: Send {
     /// in `batch.seqs` order.
     fn step(&mut self, batch: &Batch<'_>, logits: &mut [f32]) -> Result<(), EngineError>;
 
-    /// Runs one step and picks each logits row's most likely token (the lowest id on
-    /// ties) with its log-probability on the device, so that only the picks reach the
-    /// host: `picks` receives `batch.num_logits()` of them, in `batch.seqs` order.
-    /// `Ok(false)`: this backend has no such path and did nothing; use [`Backend::step`].
-    fn step_greedy(
+    /// Whether [`Backend::step_pick`] picks tokens on the device.
+    fn picks_on_device(&self) -> bool {
+        false
+    }
+
+    /// Runs one step and turns each logits row into a token on the device, as `rows`
+    /// (one per row, in `batch.seqs` order) say: only the tokens and their
+    /// log-probabilities under the raw logits reach the host, in `picks`. Backends
+    /// whose [`Backend::picks_on_device`] is false do not implement it.
+    fn step_pick(
         &mut self,
         _batch: &Batch<'_>,
+        _rows: &[Pick],
         _picks: &mut [(u32, f32)],
-    ) -> Result<bool, EngineError> {
-        Ok(false)
+    ) -> Result<(), EngineError> {
+        Err(EngineError::Config(format!(
+            "{} does not pick tokens on its device",
+            self.describe()
+        )))
     }
 
     /// The device's memory (total, in use by this backend's process), bytes; `None`

@@ -68,9 +68,17 @@ impl Sampler {
     }
 
     /// The parameters this sampler was built with.
-    /// Whether this sampler always takes the most likely token (temperature 0).
-    pub fn is_greedy(&self) -> bool {
-        self.inv_temperature.is_none()
+    /// This step's settings for a backend that samples on its device, drawing the one
+    /// uniform [`Sampler::sample`] would have drawn (the stream stays the same).
+    pub fn device_pick(&mut self) -> crate::backend::Pick {
+        let uniform = self.next_uniform();
+        crate::backend::Pick {
+            inv_temperature: self.inv_temperature.unwrap_or(0.0),
+            top_k: self.params.top_k,
+            top_p: self.params.top_p,
+            min_p: self.params.min_p,
+            uniform,
+        }
     }
 
     pub fn params(&self) -> &SamplingParams {

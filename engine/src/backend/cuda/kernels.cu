@@ -55,6 +55,77 @@ __device__ float block_sum(float v) {
     return total;
 }
 
+// The larger of two (value, index) pairs over a warp, the lower index on ties; every
+// lane gets it.
+__device__ __forceinline__ void warp_argmax(float* v, int* i) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, *v, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, *i, o);
+        if (ov > *v || (ov == *v && oi < *i)) {
+            *v = ov;
+            *i = oi;
+        }
+    }
+}
+
+// The largest value of a row (NaN skipped) and its lowest index, over the block; every
+// thread gets both. A row of nothing but -inf or NaN gives -inf.
+__device__ void row_argmax(const float* __restrict__ r, int n, float* best, int* arg) {
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    __shared__ float best_v;
+    __shared__ int best_i;
+    float bv = NEG_INF;
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = r[i];
+        if (v > bv) {
+            bv = v;
+            bi = i;
+        }
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    warp_argmax(&bv, &bi);
+    if (lane == 0) {
+        sv[warp] = bv;
+        si[warp] = bi;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        bv = lane < (int)(blockDim.x >> 5) ? sv[lane] : NEG_INF;
+        bi = lane < (int)(blockDim.x >> 5) ? si[lane] : 0x7fffffff;
+        warp_argmax(&bv, &bi);
+        if (lane == 0) {
+            best_v = bv;
+            best_i = bi;
+        }
+    }
+    __syncthreads();
+    *best = best_v;
+    *arg = best_i;
+}
+
+// Sum of an unsigned count over the block; every thread gets it.
+__device__ unsigned block_sum_u(unsigned v) {
+    __shared__ unsigned part[32];
+    __shared__ unsigned total;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        unsigned t = lane < (int)(blockDim.x >> 5) ? part[lane] : 0u;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+        if (lane == 0) total = t;
+    }
+    __syncthreads();
+    return total;
+}
+
 // x[t] = table[tokens[t]], half to float. Grid: tokens; block: any.
 extern "C" __global__ void embed(const half_t* __restrict__ table,
                                  const unsigned* __restrict__ tokens,
@@ -261,54 +332,10 @@ extern "C" __global__ void silu_mul(const float* __restrict__ gu, half_t* __rest
 // NaN gives token 0 and -inf, as the CPU sampler does. Grid: rows; block: 1024.
 extern "C" __global__ void argmax_logprob(const float* __restrict__ logits, int vocab,
                                           int* __restrict__ token, float* __restrict__ logprob) {
-    __shared__ float sv[32];
-    __shared__ int si[32];
-    __shared__ float best_v;
-    __shared__ int best_i;
     const float* r = logits + (size_t)blockIdx.x * vocab;
-    float bv = NEG_INF;
-    int bi = 0x7fffffff;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        const float v = r[i];
-        if (v > bv) {
-            bv = v;
-            bi = i;
-        }
-    }
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ov > bv || (ov == bv && oi < bi)) {
-            bv = ov;
-            bi = oi;
-        }
-    }
-    if (lane == 0) {
-        sv[warp] = bv;
-        si[warp] = bi;
-    }
-    __syncthreads();
-    if (warp == 0) {
-        bv = lane < (int)(blockDim.x >> 5) ? sv[lane] : NEG_INF;
-        bi = lane < (int)(blockDim.x >> 5) ? si[lane] : 0x7fffffff;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-            const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (ov > bv || (ov == bv && oi < bi)) {
-                bv = ov;
-                bi = oi;
-            }
-        }
-        if (lane == 0) {
-            best_v = bv;
-            best_i = bi;
-        }
-    }
-    __syncthreads();
-    const float mx = best_v;
+    float mx;
+    int best_i;
+    row_argmax(r, vocab, &mx, &best_i);
     if (mx == NEG_INF) {
         if (threadIdx.x == 0) {
             token[blockIdx.x] = 0;
@@ -350,4 +377,286 @@ extern "C" __global__ void fill_float(float* __restrict__ p, unsigned long long 
     for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
          i += (unsigned long long)gridDim.x * blockDim.x)
         p[i] = value;
+}
+
+// ---- Sampling on the device: temperature, top-k, top-p, min-p, one seeded uniform ----
+
+// Order-preserving map of a float to an unsigned key (larger float, larger key).
+__device__ __forceinline__ unsigned fkey(float f) {
+    const unsigned b = __float_as_uint(f);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+__device__ __forceinline__ float unkey(unsigned k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+__device__ double block_sum_d(double v) {
+    __shared__ double part[32];
+    __shared__ double total;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        double s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.0;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0) total = s;
+    }
+    __syncthreads();
+    return total;
+}
+
+__device__ unsigned block_max_u(unsigned v) {
+    __shared__ unsigned part[32];
+    __shared__ unsigned total;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+    __syncthreads();
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        unsigned s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0u;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) s = max(s, __shfl_xor_sync(0xffffffffu, s, o));
+        if (lane == 0) total = s;
+    }
+    __syncthreads();
+    return total;
+}
+
+// Exclusive prefix sum over the block's threads, in thread order.
+__device__ double block_scan_d(double v) {
+    __shared__ double part[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    double x = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const double y = __shfl_up_sync(0xffffffffu, x, o);
+        if (lane >= o) x += y;
+    }
+    __syncthreads();
+    if (lane == 31) part[warp] = x;
+    __syncthreads();
+    if (warp == 0) {
+        double s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.0;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const double y = __shfl_up_sync(0xffffffffu, s, o);
+            if (lane >= o) s += y;
+        }
+        part[lane] = s;
+    }
+    __syncthreads();
+    return (warp > 0 ? part[warp - 1] : 0.0) + x - v;
+}
+
+// The sampling weight of a logit: exp((l - max) * inv_t), zero below e^-80 and for NaN
+// or -inf; with a +inf maximum only the +inf logits, equally (the CPU sampler's rules).
+__device__ __forceinline__ float sample_weight(float l, float mx, float inv_t) {
+    if (mx == __int_as_float(0x7f800000)) return l == mx ? 1.0f : 0.0f;
+    const float x = (l - mx) * inv_t;
+    return (l == l && x >= -80.0f) ? expf(x) : 0.0f;
+}
+
+// One token per logits row. params: 4 floats per row (1/temperature, top_k, top_p,
+// min_p; 1/temperature 0 is greedy); uniforms: one per row in [0, 1), drawn on the host
+// from the sequence's seeded stream. Keeps the CPU sampler's set: the candidates (weight
+// > 0) ranked by logit then id, cut at the k-th (top-k), at the first whose cumulative
+// weight reaches top_p of what top-k keeps (top-p), and after the last whose weight is
+// at least min_p (min-p), whichever cut comes first; then draws from the kept weights,
+// adding them in id order until the sum passes uniform * total. Also returns the
+// token's log-probability under the raw logits. Grid: rows; block: 1024.
+extern "C" __global__ void sample(const float* __restrict__ logits, int vocab,
+                                  const float* __restrict__ params,
+                                  const double* __restrict__ uniforms, int* __restrict__ token,
+                                  float* __restrict__ logprob) {
+    const int row = blockIdx.x;
+    const float* r = logits + (size_t)row * vocab;
+    const float inv_t = params[4 * row], top_p = params[4 * row + 2], min_p = params[4 * row + 3];
+    const unsigned top_k = (unsigned)params[4 * row + 1];
+    const double u = uniforms[row];
+    const int tid = threadIdx.x, nt = blockDim.x;
+
+    float mx;
+    int arg;
+    row_argmax(r, vocab, &mx, &arg);
+    if (mx == NEG_INF) {
+        if (tid == 0) {
+            token[row] = 0;
+            logprob[row] = NEG_INF;
+        }
+        return;
+    }
+    // The raw distribution's normalizer, for the log-probability.
+    double zr = 0.0;
+    for (int i = tid; i < vocab; i += nt) zr += (double)sample_weight(r[i], mx, 1.0f);
+    zr = block_sum_d(zr);
+
+    int chosen = arg;
+    if (inv_t > 0.0f) {
+        // Candidates and their total weight.
+        bool any_cut = false;
+        unsigned cut_key = 0, cut_ties = 0;  // keep key > cut_key, and cut_ties ties at it
+        double z = 0.0;
+        unsigned cands = 0;
+        for (int i = tid; i < vocab; i += nt) {
+            const float w = sample_weight(r[i], mx, inv_t);
+            z += (double)w;
+            cands += w > 0.0f;
+        }
+        z = block_sum_d(z);
+        cands = block_sum_u(cands);
+        double kept_z = z;
+        // top-k: the largest key with at least k candidates at or above it.
+        if (top_k > 0 && top_k < cands) {
+            unsigned t = 0;
+            for (int bit = 31; bit >= 0; bit--) {
+                const unsigned trial = t | (1u << bit);
+                unsigned c = 0;
+                for (int i = tid; i < vocab; i += nt)
+                    c += (sample_weight(r[i], mx, inv_t) > 0.0f && fkey(r[i]) >= trial);
+                const bool ok = block_sum_u(c) >= top_k;
+                if (ok) t = trial;
+            }
+            unsigned above = 0;
+            for (int i = tid; i < vocab; i += nt)
+                above += (sample_weight(r[i], mx, inv_t) > 0.0f && fkey(r[i]) > t);
+            above = block_sum_u(above);
+            any_cut = true;
+            cut_key = t;
+            cut_ties = top_k - above;
+            double wa = 0.0;
+            for (int i = tid; i < vocab; i += nt) {
+                const float w = sample_weight(r[i], mx, inv_t);
+                if (w > 0.0f && fkey(r[i]) > t) wa += (double)w;
+            }
+            wa = block_sum_d(wa);
+            kept_z = wa + (double)cut_ties * (double)sample_weight(unkey(t), mx, inv_t);
+        }
+        // top-p: the first token, in rank order, where the cumulative weight reaches
+        // top_p of what top-k kept.
+        if (top_p > 0.0f && top_p < 1.0f) {
+            const double target = (double)top_p * kept_z;
+            unsigned t = 0;
+            bool found = false;
+            for (int bit = 31; bit >= 0; bit--) {
+                const unsigned trial = t | (1u << bit);
+                double wsum = 0.0;
+                for (int i = tid; i < vocab; i += nt) {
+                    const float w = sample_weight(r[i], mx, inv_t);
+                    if (w > 0.0f && fkey(r[i]) >= trial) wsum += (double)w;
+                }
+                wsum = block_sum_d(wsum);
+                if (wsum >= target) {
+                    t = trial;
+                    found = true;
+                }
+            }
+            if (found) {
+                double wa = 0.0;
+                for (int i = tid; i < vocab; i += nt) {
+                    const float w = sample_weight(r[i], mx, inv_t);
+                    if (w > 0.0f && fkey(r[i]) > t) wa += (double)w;
+                }
+                wa = block_sum_d(wa);
+                const double wt = (double)sample_weight(unkey(t), mx, inv_t);
+                unsigned need = wt > 0.0 ? (unsigned)ceil((target - wa) / wt) : 1u;
+                if (need < 1u) need = 1u;
+                if (!any_cut || t > cut_key || (t == cut_key && need < cut_ties)) {
+                    any_cut = true;
+                    cut_key = t;
+                    cut_ties = need;
+                }
+            }
+        }
+        // min-p: keep every candidate whose weight is at least min_p (of the maximum's 1).
+        if (min_p > 0.0f) {
+            const float m = fminf(min_p, 1.0f);
+            unsigned low = 0xffffffffu;
+            for (int i = tid; i < vocab; i += nt)
+                if (sample_weight(r[i], mx, inv_t) >= m) low = min(low, fkey(r[i]));
+            low = ~block_max_u(~low);
+            if (!any_cut || low > cut_key) {
+                any_cut = true;
+                cut_key = low;
+                cut_ties = 0xffffffffu;  // every tie
+            }
+        }
+        // The kept weight, then the draw: add kept weights in id order past u * total.
+        const int chunk = (vocab + nt - 1) / nt;
+        const int lo = min(vocab, tid * chunk), hi = min(vocab, lo + chunk);
+        unsigned ties = 0;
+        if (any_cut)
+            for (int i = lo; i < hi; i++)
+                ties += (sample_weight(r[i], mx, inv_t) > 0.0f && fkey(r[i]) == cut_key);
+        // Exclusive scan of the tie counts, as doubles (exact for any vocabulary).
+        const unsigned tie_base = (unsigned)block_scan_d((double)ties);
+        double local = 0.0;
+        int last_kept = -1;
+        {
+            unsigned seen = tie_base;
+            for (int i = lo; i < hi; i++) {
+                const float w = sample_weight(r[i], mx, inv_t);
+                if (!(w > 0.0f)) continue;
+                bool keep = true;
+                if (any_cut) {
+                    const unsigned k = fkey(r[i]);
+                    keep = k > cut_key || (k == cut_key && seen < cut_ties);
+                    if (k == cut_key) seen++;
+                }
+                if (keep) {
+                    local += (double)w;
+                    last_kept = i;
+                }
+            }
+        }
+        const double before = block_scan_d(local);
+        const double total = block_sum_d(local);
+        const double target = u * total;
+        __shared__ int s_pick;
+        if (tid == 0) s_pick = -1;
+        __syncthreads();
+        if (local > 0.0 && before <= target && before + local > target) {
+            double cum = before;
+            unsigned seen = tie_base;
+            for (int i = lo; i < hi; i++) {
+                const float w = sample_weight(r[i], mx, inv_t);
+                if (!(w > 0.0f)) continue;
+                bool keep = true;
+                if (any_cut) {
+                    const unsigned k = fkey(r[i]);
+                    keep = k > cut_key || (k == cut_key && seen < cut_ties);
+                    if (k == cut_key) seen++;
+                }
+                if (!keep) continue;
+                cum += (double)w;
+                if (cum > target) {
+                    atomicMax(&s_pick, i);  // one thread only holds the crossing
+                    break;
+                }
+            }
+        }
+        // Rounding left the sum short: the last kept token.
+        const unsigned last = block_max_u((unsigned)(last_kept + 1));
+        __syncthreads();
+        chosen = s_pick >= 0 ? s_pick : (int)last - 1;
+        if (chosen < 0) chosen = arg;
+    }
+    if (tid == 0) {
+        token[row] = chosen;
+        const float l = r[chosen];
+        float lp;
+        if (mx == __int_as_float(0x7f800000))
+            lp = l == mx ? (float)(-log(zr)) : NEG_INF;
+        else if (!(l == l) || l == NEG_INF)
+            lp = NEG_INF;
+        else
+            lp = (float)(((double)l - (double)mx) - log(zr));
+        logprob[row] = lp;
+    }
 }

@@ -17,6 +17,7 @@ pub const NAMES: &[&str] = &[
     "attention_combine",
     "silu_mul",
     "argmax_logprob",
+    "sample",
     "fill_uniform_half",
     "fill_float",
 ];

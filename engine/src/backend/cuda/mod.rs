@@ -9,8 +9,9 @@
 //!   the GPU found with the model's shape as constants: RMSNorm (fused with the cast to
 //!   f16), bias + RoPE + the K/V store into the paged cache (one kernel), paged
 //!   attention over the block tables (prefill and decode), SiLU-multiply, the embedding
-//!   gather, and a greedy pick (argmax and its log-probability) so greedy steps copy
-//!   two numbers per sequence to the host instead of a row of logits.
+//!   gather, and the token picks: argmax, or temperature, top-k, top-p and min-p with
+//!   the uniform the sequence's seeded sampler drew, so a step copies two numbers per
+//!   sequence to the host instead of a row of logits.
 //! - One stream. Every buffer is allocated at load for the largest step; decode steps
 //!   (one token per sequence) replay a CUDA graph captured per batch-size bucket, padded
 //!   to the bucket with rows that write to a spare KV block no sequence owns.
@@ -36,7 +37,7 @@ use cudarc::driver::{
 use half::f16;
 
 use crate::EngineError;
-use crate::backend::{Backend, Batch};
+use crate::backend::{Backend, Batch, Pick};
 use crate::model::ModelConfig;
 use crate::model::source::WeightSource;
 
@@ -140,6 +141,7 @@ struct Kernels {
     attention_combine: CudaFunction,
     silu_mul: CudaFunction,
     argmax: CudaFunction,
+    sample: CudaFunction,
     fill_half: CudaFunction,
     fill_float: CudaFunction,
 }
@@ -195,6 +197,9 @@ struct Acts {
     logits: Buf<f32>,
     picks: Buf<i32>,
     pick_logprobs: Buf<f32>,
+    /// Per logits row: 1/temperature, top_k, top_p, min_p; and the row's uniform.
+    pick_params: Buf<f32>,
+    uniforms: Buf<f64>,
     /// Partial sums of split attention (see `attention_splits`).
     partial: Buf<f32>,
 }
@@ -209,11 +214,13 @@ struct Graph(cudarc::driver::CudaGraph);
 #[allow(unsafe_code)]
 unsafe impl Send for Graph {}
 
-/// What a step returns: logits rows to the host, or only the greedy picks.
+/// What a step ends with: logits rows for the host, the most likely token of each row,
+/// or a sampled token of each row (settings uploaded with the step).
 #[derive(Clone, Copy, PartialEq)]
 enum Output {
     Logits,
     Greedy,
+    Sample,
 }
 
 /// The CUDA backend.
@@ -247,6 +254,8 @@ pub struct CudaBackend {
     memory_used: usize,
     host_picks: Vec<i32>,
     host_logprobs: Vec<f32>,
+    host_params: Vec<f32>,
+    host_uniforms: Vec<f64>,
 }
 
 /// Where the weights come from.
@@ -313,6 +322,7 @@ impl CudaBackend {
             attention_combine: f("attention_combine")?,
             silu_mul: f("silu_mul")?,
             argmax: f("argmax_logprob")?,
+            sample: f("sample")?,
             fill_half: f("fill_uniform_half")?,
             fill_float: f("fill_float")?,
         };
@@ -374,6 +384,8 @@ impl CudaBackend {
             logits: Buf::alloc(&stream, max_seqs * c.vocab_size, "logits")?,
             picks: Buf::alloc(&stream, max_seqs, "picks")?,
             pick_logprobs: Buf::alloc(&stream, max_seqs, "picks")?,
+            pick_params: Buf::alloc(&stream, 4 * max_seqs, "sampling settings")?,
+            uniforms: Buf::alloc(&stream, max_seqs, "sampling settings")?,
             partial: Buf::alloc(
                 &stream,
                 partial_rows * c.n_kv_heads * group * (c.head_dim + 2),
@@ -500,6 +512,8 @@ impl CudaBackend {
             memory_used: 0,
             host_picks: vec![0; max_seqs],
             host_logprobs: vec![0.0; max_seqs],
+            host_params: Vec::with_capacity(4 * max_seqs),
+            host_uniforms: Vec::with_capacity(max_seqs),
         };
         if backend.graphs_enabled {
             backend.capture_graphs()?;
@@ -931,17 +945,28 @@ impl CudaBackend {
             Some(graph) => graph.0.launch().map_err(driver_err("graph launch"))?,
             None => self.enqueue(n, n_rows)?,
         }
+        let vocab = self.config.vocab_size as i32;
+        let a = &self.acts;
         if output == Output::Greedy && n_rows > 0 {
-            let vocab = self.config.vocab_size as i32;
             self.launch(
                 &self.k.argmax,
                 (n_rows as u32, 1),
                 1024,
+                &[&a.logits.ptr, &vocab, &a.picks.ptr, &a.pick_logprobs.ptr],
+            )?;
+        }
+        if output == Output::Sample && n_rows > 0 {
+            self.launch(
+                &self.k.sample,
+                (n_rows as u32, 1),
+                1024,
                 &[
-                    &self.acts.logits.ptr,
+                    &a.logits.ptr,
                     &vocab,
-                    &self.acts.picks.ptr,
-                    &self.acts.pick_logprobs.ptr,
+                    &a.pick_params.ptr,
+                    &a.uniforms.ptr,
+                    &a.picks.ptr,
+                    &a.pick_logprobs.ptr,
                 ],
             )?;
         }
@@ -1130,12 +1155,49 @@ impl Backend for CudaBackend {
         self.stream.synchronize().map_err(driver_err("step"))
     }
 
-    fn step_greedy(
+    fn picks_on_device(&self) -> bool {
+        true
+    }
+
+    fn step_pick(
         &mut self,
         batch: &Batch<'_>,
+        rows: &[Pick],
         picks: &mut [(u32, f32)],
-    ) -> Result<bool, EngineError> {
-        let n_rows = self.forward(batch, Output::Greedy)?;
+    ) -> Result<(), EngineError> {
+        let want = batch.num_logits();
+        if rows.len() != want || picks.len() < want {
+            return Err(EngineError::Config(format!(
+                "a step with {want} logits rows got {} sampling settings and room for {} picks",
+                rows.len(),
+                picks.len()
+            )));
+        }
+        let output = if rows.iter().all(|r| r.inv_temperature <= 0.0) {
+            Output::Greedy
+        } else {
+            self.ctx
+                .bind_to_thread()
+                .map_err(driver_err("binding the GPU"))?;
+            self.host_params.clear();
+            self.host_uniforms.clear();
+            for r in rows {
+                self.host_params
+                    .extend([r.inv_temperature, r.top_k as f32, r.top_p, r.min_p]);
+                self.host_uniforms.push(r.uniform);
+            }
+            let err = driver_err("uploading the sampling settings");
+            let mut dst = self.acts.pick_params.slice.slice_mut(..4 * rows.len());
+            self.stream
+                .memcpy_htod(&self.host_params, &mut dst)
+                .map_err(&err)?;
+            let mut dst = self.acts.uniforms.slice.slice_mut(..rows.len());
+            self.stream
+                .memcpy_htod(&self.host_uniforms, &mut dst)
+                .map_err(&err)?;
+            Output::Sample
+        };
+        let n_rows = self.forward(batch, output)?;
         if n_rows > 0 {
             let err = driver_err("copying the picks");
             let src = self.acts.picks.slice.slice(..n_rows);
@@ -1151,6 +1213,6 @@ impl Backend for CudaBackend {
         for (i, p) in picks.iter_mut().take(n_rows).enumerate() {
             *p = (self.host_picks[i] as u32, self.host_logprobs[i]);
         }
-        Ok(true)
+        Ok(())
     }
 }

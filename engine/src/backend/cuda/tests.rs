@@ -11,9 +11,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::*;
-use crate::backend::BatchSeq;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cpu::ops::{self, KvLayer, Rope};
+use crate::backend::{BatchSeq, Pick};
 use crate::gguf::GgmlType;
 use crate::kv::BlockId;
 use crate::model::RopeStyle;
@@ -112,6 +112,14 @@ fn a_missing_gpu_is_an_error_not_a_panic() {
         }
     }
 }
+
+const GREEDY: Pick = Pick {
+    inv_temperature: 0.0,
+    top_k: 0,
+    top_p: 1.0,
+    min_p: 0.0,
+    uniform: 0.0,
+};
 
 fn gpu() -> bool {
     match probe::probe(0) {
@@ -618,7 +626,8 @@ fn run_steps(b: &mut dyn Backend, greedy: bool) -> Vec<Vec<f32>> {
         let rows = batch.num_logits();
         if greedy {
             let mut picks = vec![(0u32, 0f32); rows];
-            assert!(b.step_greedy(&batch, &mut picks).unwrap());
+            b.step_pick(&batch, &vec![GREEDY; rows], &mut picks)
+                .unwrap();
             all.push(picks.iter().flat_map(|&(t, lp)| [t as f32, lp]).collect());
         } else {
             let mut logits = vec![0f32; rows * vocab];
@@ -997,4 +1006,284 @@ fn the_reference_agrees_with_the_cpu_backend() {
         let e = rel_l2(&logits, &reference[tokens.len() - 1]);
         assert!(e < 0.03, "the CPU backend and the reference differ by {e}");
     }
+}
+
+/// The device sampler's rule on the host: the candidates (weight > 0) in rank order
+/// (logit descending, id ascending) cut by top-k, then top-p of what top-k kept, then
+/// min-p, as the CPU sampler cuts them. Returns the kept ids in id order with their
+/// weights (empty for a row of nothing but -inf or NaN).
+fn reference_kept(l: &[f32], p: &Pick) -> Vec<(usize, f64)> {
+    let mx = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if mx == f32::NEG_INFINITY {
+        return Vec::new();
+    }
+    let w = |x: f32| -> f64 {
+        if mx == f32::INFINITY {
+            return if x == mx { 1.0 } else { 0.0 };
+        }
+        let t = (x - mx) * p.inv_temperature;
+        if x.is_nan() || t.is_nan() || t < -80.0 {
+            0.0
+        } else {
+            f64::from(t.exp())
+        }
+    };
+    let mut order: Vec<usize> = (0..l.len()).filter(|&i| w(l[i]) > 0.0).collect();
+    order.sort_by(|&a, &b| l[b].total_cmp(&l[a]).then(a.cmp(&b)));
+    let mut end = order.len();
+    if p.top_k > 0 && (p.top_k as usize) < end {
+        end = p.top_k as usize;
+    }
+    if p.top_p > 0.0 && p.top_p < 1.0 {
+        let z: f64 = order[..end].iter().map(|&i| w(l[i])).sum();
+        let target = f64::from(p.top_p) * z;
+        let mut cum = 0.0;
+        for (j, &i) in order[..end].iter().enumerate() {
+            cum += w(l[i]);
+            if cum >= target {
+                end = j + 1;
+                break;
+            }
+        }
+    }
+    if p.min_p > 0.0 {
+        let m = f64::from(p.min_p.min(1.0));
+        end = end.min(order.iter().filter(|&&i| w(l[i]) >= m).count());
+    }
+    let mut kept: Vec<(usize, f64)> = order[..end].iter().map(|&i| (i, w(l[i]))).collect();
+    kept.sort_unstable_by_key(|&(i, _)| i);
+    kept
+}
+
+/// The rule's draw: the kept weights added in id order until they pass `uniform` times
+/// their total (greedy: the first most likely id).
+fn reference_pick(l: &[f32], p: &Pick) -> u32 {
+    if p.inv_temperature <= 0.0 {
+        let mx = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        return l.iter().position(|&x| x == mx).unwrap_or(0) as u32;
+    }
+    let kept = reference_kept(l, p);
+    let total: f64 = kept.iter().map(|&(_, w)| w).sum();
+    let target = p.uniform * total;
+    let mut cum = 0.0;
+    for &(i, w) in &kept {
+        cum += w;
+        if cum > target {
+            return i as u32;
+        }
+    }
+    kept.last().map_or(0, |&(i, _)| i as u32)
+}
+
+fn sampling_cases() -> Vec<Pick> {
+    let mut cases = Vec::new();
+    for (t, k, p, m) in [
+        (1.0, 0, 1.0, 0.0),
+        (0.7, 40, 1.0, 0.0),
+        (1.0, 0, 0.9, 0.0),
+        (1.3, 50, 0.8, 0.0),
+        (1.0, 0, 1.0, 0.05),
+        (0.8, 20, 0.95, 0.02),
+        (2.0, 3, 1.0, 0.0),
+        (1.0, 0, 0.3, 0.0),
+    ] {
+        cases.push(Pick {
+            inv_temperature: 1.0 / t,
+            top_k: k,
+            top_p: p,
+            min_p: m,
+            uniform: 0.0,
+        });
+    }
+    cases
+}
+
+/// Rows that exercise the rule: spread logits, a peaked row, ties at the cuts.
+fn sampling_rows(rng: &mut ChaCha8Rng, vocab: usize) -> Vec<Vec<f32>> {
+    let mut rows = vec![random(rng, vocab, 4.0), random(rng, vocab, 12.0)];
+    let mut peaked = random(rng, vocab, 2.0);
+    peaked[17] = 15.0;
+    peaked[4000 % vocab] = 14.0;
+    rows.push(peaked);
+    // Many equal logits: ties at every cut.
+    let tied: Vec<f32> = (0..vocab).map(|i| ((i * 7) % 13) as f32 * 0.5).collect();
+    rows.push(tied);
+    rows
+}
+
+/// The rule keeps what the CPU sampler keeps: every token the CPU sampler draws, over
+/// many seeds, is in the rule's kept set.
+#[test]
+fn the_device_sampling_rule_keeps_the_cpu_samplers_set() {
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let vocab = 5000;
+    for row in sampling_rows(&mut rng, vocab) {
+        for case in sampling_cases() {
+            let kept: std::collections::BTreeSet<u32> = reference_kept(&row, &case)
+                .into_iter()
+                .map(|(i, _)| i as u32)
+                .collect();
+            let params = SamplingParams {
+                temperature: 1.0 / case.inv_temperature,
+                top_k: case.top_k,
+                top_p: case.top_p,
+                min_p: case.min_p,
+                seed: None,
+            };
+            for seed in 0..300 {
+                let mut sampler = Sampler::new(params.clone(), vocab, seed);
+                let (tok, _) = sampler.sample(&row);
+                assert!(
+                    kept.contains(&tok),
+                    "{case:?}: the CPU sampler drew {tok} (logit {}), outside the device rule's {} kept tokens",
+                    row[tok as usize],
+                    kept.len()
+                );
+            }
+        }
+    }
+}
+
+/// The sampling kernel draws what the rule says for the same uniform, and returns the
+/// log-probability the CPU sampler would.
+#[test]
+fn the_sampling_kernel_follows_the_rule() {
+    if !gpu() {
+        return;
+    }
+    let config = shape(RopeStyle::Interleaved, 4, 2, 32, false);
+    let rig = Rig::new(&config);
+    let mut rng = ChaCha8Rng::seed_from_u64(22);
+    let vocab = 5000;
+    let rows = sampling_rows(&mut rng, vocab);
+    let (mut agree, mut total) = (0, 0);
+    for case in sampling_cases() {
+        let mut flat = Vec::new();
+        let mut params = Vec::new();
+        let mut uniforms = Vec::new();
+        let mut picks = Vec::new();
+        for row in &rows {
+            for _ in 0..16 {
+                let u: f64 = rng.random_range(0.0..1.0);
+                flat.extend_from_slice(row);
+                params.extend([
+                    case.inv_temperature,
+                    case.top_k as f32,
+                    case.top_p,
+                    case.min_p,
+                ]);
+                uniforms.push(u);
+                picks.push(Pick { uniform: u, ..case });
+            }
+        }
+        let n = picks.len();
+        let (lb, pb, ub) = (rig.up(&flat), rig.up(&params), rig.up(&uniforms));
+        let (tok, lp) = (rig.up(&vec![0i32; n]), rig.up(&vec![0f32; n]));
+        let v = vocab as i32;
+        rig.run(
+            "sample",
+            (n as u32, 1),
+            1024,
+            &[&lb.ptr, &v, &pb.ptr, &ub.ptr, &tok.ptr, &lp.ptr],
+        );
+        let (tok, lp) = (rig.down(&tok), rig.down(&lp));
+        for (j, p) in picks.iter().enumerate() {
+            let row = &flat[j * vocab..(j + 1) * vocab];
+            let want = reference_pick(row, p);
+            total += 1;
+            if tok[j] as u32 == want {
+                agree += 1;
+            } else {
+                // Only a uniform within rounding of a boundary may land elsewhere: the
+                // same pick with the uniform nudged either way must give the GPU's.
+                let nudged = [p.uniform - 1e-6, p.uniform + 1e-6].map(|u| {
+                    reference_pick(
+                        row,
+                        &Pick {
+                            uniform: u.clamp(0.0, 0.999_999),
+                            ..*p
+                        },
+                    )
+                });
+                assert!(
+                    nudged.contains(&(tok[j] as u32)),
+                    "{p:?}: GPU drew {}, the rule {want}",
+                    tok[j]
+                );
+            }
+            let mut sampler = Sampler::new(SamplingParams::default(), vocab, 0);
+            let (_, _) = sampler.sample(row);
+            let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let z: f64 = row.iter().map(|&x| f64::from(x - mx).exp()).sum();
+            let want_lp = (f64::from(row[tok[j] as usize] - mx) - z.ln()) as f32;
+            assert!(
+                (lp[j] - want_lp).abs() < 1e-3,
+                "log-probability {} vs {want_lp}",
+                lp[j]
+            );
+        }
+    }
+    assert!(
+        agree * 100 >= total * 99,
+        "only {agree} of {total} draws agree with the rule"
+    );
+}
+
+/// The engine on the GPU samples on the device: the same seed gives the same tokens,
+/// another seed other tokens, and every token comes with a log-probability.
+#[test]
+fn the_engine_samples_on_the_gpu_reproducibly() {
+    if !gpu() {
+        return;
+    }
+    use crate::engine::{Engine, Input, Request};
+    let config = crate::EngineConfig {
+        device: "cuda".into(),
+        kv_blocks: 256,
+        max_running: 8,
+        ..Default::default()
+    };
+    let engine = Engine::load(&crate::testing::real_model_path(), &config).unwrap();
+    assert!(
+        engine.describe().starts_with("cuda"),
+        "{}",
+        engine.describe()
+    );
+    assert!(
+        engine
+            .device_memory()
+            .is_some_and(|(total, used)| used > 0 && used < total)
+    );
+    let request = |temperature: f32, seed: u64| Request {
+        input: Input::Text("Write a short poem about the sea.".into()),
+        sampling: SamplingParams {
+            temperature,
+            top_k: 40,
+            top_p: 0.9,
+            min_p: 0.0,
+            seed: Some(seed),
+        },
+        max_tokens: 48,
+        stop: Vec::new(),
+        logprobs: true,
+        ignore_eos: true,
+    };
+    let a = engine.generate_blocking(request(0.8, 7)).unwrap();
+    let b = engine.generate_blocking(request(0.8, 7)).unwrap();
+    let c = engine.generate_blocking(request(0.8, 8)).unwrap();
+    assert_eq!(a.token_ids.len(), 48);
+    assert_eq!(a.token_ids, b.token_ids, "same seed, other tokens");
+    assert_ne!(
+        a.token_ids, c.token_ids,
+        "two seeds gave the same 48 tokens"
+    );
+    assert!(
+        a.logprobs.iter().all(|l| l.is_finite() && *l <= 0.0),
+        "{:?}",
+        a.logprobs
+    );
+    let greedy = engine.generate_blocking(request(0.0, 1)).unwrap();
+    let again = engine.generate_blocking(request(0.0, 2)).unwrap();
+    assert_eq!(greedy.token_ids, again.token_ids);
+    eprintln!("sampled: {:?}\ngreedy: {:?}", a.text, greedy.text);
 }
