@@ -37,23 +37,42 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
-__device__ float block_sum(float v) {
-    __shared__ float part[32];
-    __shared__ float total;
+struct Add {
+    template <class T>
+    __device__ T operator()(T a, T b) const { return a + b; }
+};
+
+struct Max {
+    template <class T>
+    __device__ T operator()(T a, T b) const { return a > b ? a : b; }
+};
+
+// Reduces `v` over the block with `op` (blockDim.x a multiple of 32, at most 1024);
+// every thread gets the result. `identity` stands in for the lanes past the last warp.
+template <class T, class Op>
+__device__ T block_reduce(T v, Op op, T identity) {
+    __shared__ T part[32];
+    __shared__ T total;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_sum(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     __syncthreads();
     if (lane == 0) part[warp] = v;
     __syncthreads();
     if (warp == 0) {
-        float s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.0f;
-        s = warp_sum(s);
-        if (lane == 0) total = s;
+        T t = lane < (int)(blockDim.x >> 5) ? part[lane] : identity;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) t = op(t, __shfl_xor_sync(0xffffffffu, t, o));
+        if (lane == 0) total = t;
     }
     __syncthreads();
     return total;
 }
+
+__device__ float block_sum(float v) { return block_reduce(v, Add(), 0.0f); }
+__device__ double block_sum_d(double v) { return block_reduce(v, Add(), 0.0); }
+__device__ unsigned block_sum_u(unsigned v) { return block_reduce(v, Add(), 0u); }
+__device__ unsigned block_max_u(unsigned v) { return block_reduce(v, Max(), 0u); }
 
 // The larger of two (value, index) pairs over a warp, the lower index on ties; every
 // lane gets it.
@@ -104,26 +123,6 @@ __device__ void row_argmax(const float* __restrict__ r, int n, float* best, int*
     __syncthreads();
     *best = best_v;
     *arg = best_i;
-}
-
-// Sum of an unsigned count over the block; every thread gets it.
-__device__ unsigned block_sum_u(unsigned v) {
-    __shared__ unsigned part[32];
-    __shared__ unsigned total;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    __syncthreads();
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        unsigned t = lane < (int)(blockDim.x >> 5) ? part[lane] : 0u;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
-        if (lane == 0) total = t;
-    }
-    __syncthreads();
-    return total;
 }
 
 // x[t] = table[tokens[t]], half to float. Grid: tokens; block: any.
@@ -389,44 +388,6 @@ __device__ __forceinline__ unsigned fkey(float f) {
 
 __device__ __forceinline__ float unkey(unsigned k) {
     return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
-}
-
-__device__ double block_sum_d(double v) {
-    __shared__ double part[32];
-    __shared__ double total;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    __syncthreads();
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        double s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.0;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (lane == 0) total = s;
-    }
-    __syncthreads();
-    return total;
-}
-
-__device__ unsigned block_max_u(unsigned v) {
-    __shared__ unsigned part[32];
-    __shared__ unsigned total;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
-    __syncthreads();
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        unsigned s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0u;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) s = max(s, __shfl_xor_sync(0xffffffffu, s, o));
-        if (lane == 0) total = s;
-    }
-    __syncthreads();
-    return total;
 }
 
 // Exclusive prefix sum over the block's threads, in thread order.
