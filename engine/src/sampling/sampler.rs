@@ -67,7 +67,6 @@ impl Sampler {
         }
     }
 
-    /// The parameters this sampler was built with.
     /// This step's settings for a backend that samples on its device, drawing the one
     /// uniform [`Sampler::sample`] would have drawn (the stream stays the same).
     pub fn device_pick(&mut self) -> crate::backend::Pick {
@@ -81,6 +80,7 @@ impl Sampler {
         }
     }
 
+    /// The parameters this sampler was built with.
     pub fn params(&self) -> &SamplingParams {
         &self.params
     }

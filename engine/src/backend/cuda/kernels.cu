@@ -329,7 +329,8 @@ extern "C" __global__ void silu_mul(const float* __restrict__ gu, half_t* __rest
 // Greedy pick per logits row: the first index of the largest value (NaN counts as
 // -inf) and its log-probability under the row's softmax. A row of nothing but -inf or
 // NaN gives token 0 and -inf, as the CPU sampler does. Grid: rows; block: 1024.
-extern "C" __global__ void argmax_logprob(const float* __restrict__ logits, int vocab,
+extern "C" __global__ void __launch_bounds__(1024)
+argmax_logprob(const float* __restrict__ logits, int vocab,
                                           int* __restrict__ token, float* __restrict__ logprob) {
     const float* r = logits + (size_t)blockIdx.x * vocab;
     float mx;
@@ -342,10 +343,15 @@ extern "C" __global__ void argmax_logprob(const float* __restrict__ logits, int 
         }
         return;
     }
+    // With a +inf maximum, the +inf logits share all the probability (the CPU's rule).
+    const bool inf = mx == __int_as_float(0x7f800000);
     float s = 0.0f;
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
         const float v = r[i];
-        if (v == v) s += expf(v - mx);
+        if (inf)
+            s += v == mx ? 1.0f : 0.0f;
+        else if (v == v)
+            s += expf(v - mx);
     }
     s = block_sum(s);
     if (threadIdx.x == 0) {
@@ -382,7 +388,8 @@ extern "C" __global__ void fill_float(float* __restrict__ p, unsigned long long 
 
 // Order-preserving map of a float to an unsigned key (larger float, larger key).
 __device__ __forceinline__ unsigned fkey(float f) {
-    const unsigned b = __float_as_uint(f);
+    // -0 ranks with +0, as the CPU sampler's comparison has it.
+    const unsigned b = __float_as_uint(f == 0.0f ? 0.0f : f);
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
@@ -432,7 +439,8 @@ __device__ __forceinline__ float sample_weight(float l, float mx, float inv_t) {
 // at least min_p (min-p), whichever cut comes first; then draws from the kept weights,
 // adding them in id order until the sum passes uniform * total. Also returns the
 // token's log-probability under the raw logits. Grid: rows; block: 1024.
-extern "C" __global__ void sample(const float* __restrict__ logits, int vocab,
+extern "C" __global__ void __launch_bounds__(1024)
+sample(const float* __restrict__ logits, int vocab,
                                   const float* __restrict__ params,
                                   const double* __restrict__ uniforms, int* __restrict__ token,
                                   float* __restrict__ logprob) {

@@ -351,9 +351,9 @@ impl CudaBackend {
             seed_counter: 0,
             bytes: 0,
         };
-        let embed = loader.matrix(&["token_embd.weight"], c.vocab_size, d)?;
+        let embed = loader.matrix(&[("token_embd.weight", c.vocab_size)], d)?;
         let output = if loader.has("output.weight") {
-            Some(loader.matrix(&["output.weight"], c.vocab_size, d)?)
+            Some(loader.matrix(&[("output.weight", c.vocab_size)], d)?)
         } else {
             None
         };
@@ -406,11 +406,10 @@ impl CudaBackend {
             let name = |s: &str| format!("blk.{i}.{s}");
             let wqkv = loader.matrix(
                 &[
-                    &name("attn_q.weight"),
-                    &name("attn_k.weight"),
-                    &name("attn_v.weight"),
+                    (&name("attn_q.weight"), q_dim),
+                    (&name("attn_k.weight"), kv_dim),
+                    (&name("attn_v.weight"), kv_dim),
                 ],
-                qkv_w,
                 d,
             )?;
             let qkv_bias = if c.qkv_bias {
@@ -425,14 +424,16 @@ impl CudaBackend {
                 loader.vector(&name("attn_norm.weight"), d)?,
                 wqkv,
                 qkv_bias,
-                loader.matrix(&[&name("attn_output.weight")], d, q_dim)?,
+                loader.matrix(&[(&name("attn_output.weight"), d)], q_dim)?,
                 loader.vector(&name("ffn_norm.weight"), d)?,
                 loader.matrix(
-                    &[&name("ffn_gate.weight"), &name("ffn_up.weight")],
-                    2 * d_ff,
+                    &[
+                        (&name("ffn_gate.weight"), d_ff),
+                        (&name("ffn_up.weight"), d_ff),
+                    ],
                     d,
                 )?,
-                loader.matrix(&[&name("ffn_down.weight")], d, d_ff)?,
+                loader.matrix(&[(&name("ffn_down.weight"), d)], d_ff)?,
             ));
             progress((i + 1) as f32 / c.n_layers as f32);
         }
@@ -879,6 +880,9 @@ impl CudaBackend {
         let mut t = 0;
         let mut n_rows = 0;
         for (i, seq) in batch.seqs.iter().enumerate() {
+            if seq.len == 0 {
+                return Err(EngineError::Config(format!("sequence {i}: an empty chunk")));
+            }
             if seq.block_table.len() * bs < seq.start + seq.len {
                 return Err(EngineError::Config(format!(
                     "sequence {i}: {} blocks cannot hold {} tokens",
@@ -1011,27 +1015,22 @@ impl Loader<'_> {
         }
     }
 
-    /// The named tensors' rows stacked into one `rows x cols` f16 matrix.
-    fn matrix(&mut self, names: &[&str], rows: usize, cols: usize) -> Result<Mat, EngineError> {
+    /// The named tensors, each `rows x cols`, stacked into one f16 matrix.
+    fn matrix(&mut self, parts: &[(&str, usize)], cols: usize) -> Result<Mat, EngineError> {
+        let rows: usize = parts.iter().map(|&(_, r)| r).sum();
         let buf = match &self.weights {
             Weights::File(f) => {
                 let mut host: Vec<f16> = Vec::with_capacity(rows * cols);
-                for name in names {
+                for &(name, want_rows) in parts {
                     let t = f.tensor(name)?;
-                    if t.row_len() != cols {
+                    if t.row_len() != cols || t.n_rows() != want_rows {
                         return Err(EngineError::Model(format!(
-                            "tensor {name} has rows of {} values, expected {cols}",
+                            "tensor {name} is {}x{}, expected {want_rows}x{cols}",
+                            t.n_rows(),
                             t.row_len()
                         )));
                     }
                     host.extend(t.to_f32()?.into_iter().map(f16::from_f32));
-                }
-                if host.len() != rows * cols {
-                    return Err(EngineError::Model(format!(
-                        "{} hold {} values, expected {rows}x{cols}",
-                        names.join("+"),
-                        host.len()
-                    )));
                 }
                 Buf::upload(self.stream, &host, "weights")?
             }
@@ -1166,6 +1165,13 @@ impl Backend for CudaBackend {
         picks: &mut [(u32, f32)],
     ) -> Result<(), EngineError> {
         let want = batch.num_logits();
+        if rows.len() > self.inputs.max_seqs {
+            return Err(EngineError::Config(format!(
+                "a step of {} sequences exceeds the CUDA backend's {}",
+                rows.len(),
+                self.inputs.max_seqs
+            )));
+        }
         if rows.len() != want || picks.len() < want {
             return Err(EngineError::Config(format!(
                 "a step with {want} logits rows got {} sampling settings and room for {} picks",

@@ -299,6 +299,11 @@ fn embed_and_argmax_match_the_cpu() {
     nan[vocab - 1] = f32::NAN;
     rows.push(nan);
     rows.push(vec![f32::NEG_INFINITY; vocab]);
+    // Two +inf logits: they share all the probability.
+    let mut inf = random(&mut rng, vocab, 5.0);
+    inf[9] = f32::INFINITY;
+    inf[4] = f32::INFINITY;
+    rows.push(inf);
     let flat: Vec<f32> = rows.concat();
     let lb = rig.up(&flat);
     let picks = rig.up(&vec![0i32; rows.len()]);
@@ -745,6 +750,17 @@ fn bad_steps_are_errors() {
         )
         .unwrap_err();
     assert!(e.to_string().contains("out of range"), "{e}");
+    let empty = [seq(0, 0, &table)];
+    let e = b
+        .step(
+            &Batch {
+                tokens: &[],
+                seqs: &empty,
+            },
+            &mut logits,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("empty chunk"), "{e}");
     let many = vec![1u32; 257];
     let seqs = [seq(0, 257, &table)];
     assert!(
