@@ -377,6 +377,9 @@ impl CpuBackend {
         s.last_rows.clear();
         let mut row = 0;
         for (i, seq) in batch.seqs.iter().enumerate() {
+            if seq.len == 0 {
+                return Err(EngineError::Config(format!("sequence {i}: an empty chunk")));
+            }
             if seq.block_table.len() * bs < seq.start + seq.len {
                 return Err(EngineError::Config(format!(
                     "sequence {i}: {} blocks cannot hold {} tokens",
