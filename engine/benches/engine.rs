@@ -59,16 +59,9 @@ impl<B: Backend> Bench<B> {
     fn greedy(&mut self, batch: &Batch<'_>) -> Vec<u32> {
         let n = batch.num_logits();
         if self.backend.picks_on_device() {
-            let greedy = Pick {
-                inv_temperature: 0.0,
-                top_k: 0,
-                top_p: 1.0,
-                min_p: 0.0,
-                uniform: 0.0,
-            };
             self.picks.resize(n, (0, 0.0));
             self.backend
-                .step_pick(batch, &vec![greedy; n], &mut self.picks)
+                .step_pick(batch, &vec![Pick::GREEDY; n], &mut self.picks)
                 .unwrap();
             return self.picks.iter().map(|p| p.0).collect();
         }

@@ -715,10 +715,10 @@ impl StepLoop {
         if picked {
             self.rows.clear();
             for c in plan.chunks.iter().filter(|c| c.logits) {
-                let pick = match self.seqs.get_mut(&c.seq) {
-                    Some(a) => a.sampler.device_pick(),
-                    None => Sampler::new(SamplingParams::default(), vocab, 0).device_pick(),
-                };
+                let pick = self
+                    .seqs
+                    .get_mut(&c.seq)
+                    .map_or(crate::backend::Pick::GREEDY, |a| a.sampler.device_pick());
                 self.rows.push(pick);
             }
             self.picks.clear();

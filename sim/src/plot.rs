@@ -49,22 +49,16 @@ fn plot_err<E: std::fmt::Display>(e: E) -> SimError {
 /// Buckets that completed no request (`ttft_ms.count == 0`) leave a gap in the lines
 /// instead of dropping to 0. An empty timeline gives a chart with a "no data" note.
 pub fn latency_svg(report: &Report) -> Result<String, SimError> {
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, LATENCY_SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(plot_err)?;
-        let title = format!("Latency over the day: {}", report.scenario);
-        let body = root
-            .titled(&title, (FONT, 24).into_font().color(&BLACK))
-            .map_err(plot_err)?;
-        if report.timeline.is_empty() {
-            no_data(&body, "no data: the timeline is empty")?;
-        } else {
-            draw_latency(&body, report)?;
-        }
-        root.present().map_err(plot_err)?;
-    }
-    Ok(svg)
+    let empty = report
+        .timeline
+        .is_empty()
+        .then_some("no data: the timeline is empty");
+    chart(
+        LATENCY_SIZE,
+        &format!("Latency over the day: {}", report.scenario),
+        empty,
+        |body| draw_latency(body, report),
+    )
 }
 
 /// A world "map" of the PoPs: one circle per PoP at its longitude and latitude, its
@@ -75,25 +69,42 @@ pub fn latency_svg(report: &Report) -> Result<String, SimError> {
 /// PoPs with a non-finite latitude or longitude are left out; the others are clamped to
 /// the map's range. No PoPs give a chart with a "no data" note.
 pub fn utilisation_map_svg(report: &Report) -> Result<String, SimError> {
+    let empty = report
+        .pops
+        .is_empty()
+        .then_some("no data: the report has no PoPs");
+    chart(
+        MAP_SIZE,
+        &format!("PoP load: {}", report.scenario),
+        empty,
+        |body| draw_map(body, report),
+    )
+}
+
+/// An SVG of `size` with `title` over a body that `draw` fills, or that says `empty`
+/// when there is nothing to draw.
+fn chart(
+    size: (u32, u32),
+    title: &str,
+    empty: Option<&str>,
+    draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, Shift>) -> Result<(), SimError>,
+) -> Result<String, SimError> {
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, MAP_SIZE).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
-        let title = format!("PoP load: {}", report.scenario);
         let body = root
-            .titled(&title, (FONT, 24).into_font().color(&BLACK))
+            .titled(title, (FONT, 24).into_font().color(&BLACK))
             .map_err(plot_err)?;
-        if report.pops.is_empty() {
-            no_data(&body, "no data: the report has no PoPs")?;
-        } else {
-            draw_map(&body, report)?;
+        match empty {
+            Some(note) => no_data(&body, note)?,
+            None => draw(&body)?,
         }
         root.present().map_err(plot_err)?;
     }
     Ok(svg)
 }
 
-/// Writes `note` in the middle of `area`.
 fn no_data(area: &DrawingArea<SVGBackend<'_>, Shift>, note: &str) -> Result<(), SimError> {
     let (w, h) = area.dim_in_pixel();
     let style = (FONT, 20)

@@ -59,6 +59,17 @@ pub struct Pick {
     pub uniform: f64,
 }
 
+impl Pick {
+    /// The most likely token (what a greedy sampler takes; draws nothing).
+    pub const GREEDY: Pick = Pick {
+        inv_temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        uniform: 0.0,
+    };
+}
+
 /// Runs a model's steps on some hardware.
 pub trait Backend: Send {
     fn config(&self) -> &ModelConfig;

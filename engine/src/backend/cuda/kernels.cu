@@ -397,6 +397,16 @@ __device__ __forceinline__ float unkey(unsigned k) {
     return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
 
+// Whether a candidate's logit `l` is kept under the cut: above the cut key, or one of
+// the first `cut_ties` ties at it in id order (`seen` counts the ties passed so far).
+__device__ __forceinline__ bool kept(float l, bool any_cut, unsigned cut_key, unsigned cut_ties,
+                                     unsigned* seen) {
+    if (!any_cut) return true;
+    const unsigned k = fkey(l);
+    if (k != cut_key) return k > cut_key;
+    return (*seen)++ < cut_ties;
+}
+
 // Exclusive prefix sum over the block's threads, in thread order.
 __device__ double block_scan_d(double v) {
     __shared__ double part[32];
@@ -571,17 +581,9 @@ sample(const float* __restrict__ logits, int vocab,
             unsigned seen = tie_base;
             for (int i = lo; i < hi; i++) {
                 const float w = sample_weight(r[i], mx, inv_t);
-                if (!(w > 0.0f)) continue;
-                bool keep = true;
-                if (any_cut) {
-                    const unsigned k = fkey(r[i]);
-                    keep = k > cut_key || (k == cut_key && seen < cut_ties);
-                    if (k == cut_key) seen++;
-                }
-                if (keep) {
-                    local += (double)w;
-                    last_kept = i;
-                }
+                if (!(w > 0.0f) || !kept(r[i], any_cut, cut_key, cut_ties, &seen)) continue;
+                local += (double)w;
+                last_kept = i;
             }
         }
         const double before = block_scan_d(local);
@@ -595,14 +597,7 @@ sample(const float* __restrict__ logits, int vocab,
             unsigned seen = tie_base;
             for (int i = lo; i < hi; i++) {
                 const float w = sample_weight(r[i], mx, inv_t);
-                if (!(w > 0.0f)) continue;
-                bool keep = true;
-                if (any_cut) {
-                    const unsigned k = fkey(r[i]);
-                    keep = k > cut_key || (k == cut_key && seen < cut_ties);
-                    if (k == cut_key) seen++;
-                }
-                if (!keep) continue;
+                if (!(w > 0.0f) || !kept(r[i], any_cut, cut_key, cut_ties, &seen)) continue;
                 cum += (double)w;
                 if (cum > target) {
                     atomicMax(&s_pick, i);  // one thread only holds the crossing

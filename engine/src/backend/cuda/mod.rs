@@ -660,22 +660,7 @@ impl CudaBackend {
         block: u32,
         args: &[&dyn ArgPush],
     ) -> Result<(), EngineError> {
-        let mut b = self.stream.launch_builder(f);
-        for a in args {
-            a.push(&mut b);
-        }
-        let cfg = LaunchConfig {
-            grid_dim: grid,
-            block_dim: (block, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: every argument matches the kernel's parameter list in kernels.cu (the
-        // addresses are of live buffers sized for the largest step, which `forward`
-        // checks the step against).
-        #[allow(unsafe_code)]
-        unsafe { b.launch(cfg) }
-            .map(|_| ())
-            .map_err(driver_err("kernel launch"))
+        launch(&self.stream, f, grid, block, args).map_err(driver_err("kernel launch"))
     }
 
     /// `y[n x m] = x[n x k] . w[m x k]^T + beta y`, f16 inputs, f32 accumulation and output.
@@ -1083,6 +1068,30 @@ impl Loader<'_> {
     }
 }
 
+/// Launches `f` with `args` in order, on `grid` blocks of `block` threads.
+fn launch(
+    stream: &Arc<CudaStream>,
+    f: &CudaFunction,
+    grid: (u32, u32, u32),
+    block: u32,
+    args: &[&dyn ArgPush],
+) -> Result<(), cudarc::driver::DriverError> {
+    let mut b = stream.launch_builder(f);
+    for a in args {
+        a.push(&mut b);
+    }
+    let cfg = LaunchConfig {
+        grid_dim: grid,
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: every caller passes the kernel's parameter list of kernels.cu, in order
+    // and type, with addresses of live buffers sized for what the kernel touches (the
+    // backend's for the largest step, which `pack` checks each step against).
+    #[allow(unsafe_code)]
+    unsafe { b.launch(cfg) }.map(|_| ())
+}
+
 /// Launches a fill kernel over `n` values: (pointer, n, then its parameters).
 fn fill(
     stream: &Arc<CudaStream>,
@@ -1091,22 +1100,9 @@ fn fill(
     n: u64,
     params: &[&dyn ArgPush],
 ) -> Result<(), EngineError> {
-    let mut l = stream.launch_builder(f);
-    l.arg(&ptr);
-    l.arg(&n);
-    for p in params {
-        p.push(&mut l);
-    }
-    let cfg = LaunchConfig {
-        grid_dim: (1024, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    // SAFETY: `ptr` addresses `n` values of the kernel's element type.
-    #[allow(unsafe_code)]
-    unsafe { l.launch(cfg) }
-        .map(|_| ())
-        .map_err(driver_err("generating weights"))
+    let mut args: Vec<&dyn ArgPush> = vec![&ptr, &n];
+    args.extend_from_slice(params);
+    launch(stream, f, (1024, 1, 1), 256, &args).map_err(driver_err("generating weights"))
 }
 
 impl Backend for CudaBackend {

@@ -113,14 +113,6 @@ fn a_missing_gpu_is_an_error_not_a_panic() {
     }
 }
 
-const GREEDY: Pick = Pick {
-    inv_temperature: 0.0,
-    top_k: 0,
-    top_p: 1.0,
-    min_p: 0.0,
-    uniform: 0.0,
-};
-
 fn gpu() -> bool {
     match probe::probe(0) {
         Ok(_) => true,
@@ -191,17 +183,7 @@ impl Rig {
 
     fn run3(&self, name: &str, grid: (u32, u32, u32), block: u32, args: &[&dyn ArgPush]) {
         let f = self.module.load_function(name).unwrap();
-        let mut b = self.stream.launch_builder(&f);
-        for a in args {
-            a.push(&mut b);
-        }
-        let cfg = LaunchConfig {
-            grid_dim: grid,
-            block_dim: (block, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        #[allow(unsafe_code)]
-        unsafe { b.launch(cfg) }.unwrap();
+        launch(&self.stream, &f, grid, block, args).unwrap();
         self.stream.synchronize().unwrap();
     }
 }
@@ -631,7 +613,7 @@ fn run_steps(b: &mut dyn Backend, greedy: bool) -> Vec<Vec<f32>> {
         let rows = batch.num_logits();
         if greedy {
             let mut picks = vec![(0u32, 0f32); rows];
-            b.step_pick(&batch, &vec![GREEDY; rows], &mut picks)
+            b.step_pick(&batch, &vec![Pick::GREEDY; rows], &mut picks)
                 .unwrap();
             all.push(picks.iter().flat_map(|&(t, lp)| [t as f32, lp]).collect());
         } else {
