@@ -31,7 +31,7 @@ fn load_cuda(
     config: &EngineConfig,
     device: usize,
     progress: &mut dyn FnMut(f32),
-) -> Result<(Box<dyn Backend>, usize), EngineError> {
+) -> Result<Box<dyn Backend>, EngineError> {
     use crate::backend::cuda::{CudaBackend, CudaOptions, Weights};
     let weights = match config.synthetic {
         Some(_) => Weights::Synthetic(0x6d65_7269_6469_616e),
@@ -46,9 +46,9 @@ fn load_cuda(
         max_seqs: config.max_running,
         graphs: config.cuda_graphs,
     };
-    let backend = CudaBackend::load(weights, model, &opts, progress)?;
-    let bytes = backend.weight_bytes();
-    Ok((Box::new(backend), bytes))
+    Ok(Box::new(CudaBackend::load(
+        weights, model, &opts, progress,
+    )?))
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -58,7 +58,7 @@ fn load_cuda(
     config: &EngineConfig,
     _device: usize,
     _progress: &mut dyn FnMut(f32),
-) -> Result<(Box<dyn Backend>, usize), EngineError> {
+) -> Result<Box<dyn Backend>, EngineError> {
     Err(EngineError::Config(format!(
         "device {:?}: this build has no CUDA backend (build with the `cuda` feature)",
         config.device
@@ -220,7 +220,7 @@ impl Engine {
             Some(name) => ModelConfig::synthetic(name)?,
             None => checkpoint.config()?,
         };
-        let (backend, weight_bytes): (Box<dyn Backend>, usize) = match config.gpu_ordinal()? {
+        let backend: Box<dyn Backend> = match config.gpu_ordinal()? {
             None => {
                 if config.synthetic.is_some() {
                     return Err(EngineError::Config(
@@ -233,26 +233,18 @@ impl Engine {
                     let per_block = model.kv_bytes_per_token() * config.kv_block_size;
                     (config.kv_memory_bytes as usize / per_block.max(1)).max(1)
                 };
-                let backend = CpuBackend::load(
+                Box::new(CpuBackend::load(
                     checkpoint.weights(),
                     model.clone(),
                     config.kv_block_size,
                     num_blocks,
                     config.threads,
                     progress,
-                )?;
-                let bytes = backend.weight_bytes();
-                (Box::new(backend), bytes)
+                )?)
             }
             Some(device) => load_cuda(&checkpoint, model, config, device, progress)?,
         };
-        Ok(Self::start(
-            backend,
-            tokenizer,
-            config,
-            path.to_path_buf(),
-            weight_bytes,
-        ))
+        Ok(Self::start(backend, tokenizer, config, path.to_path_buf()))
     }
 
     /// Starts the step thread over a loaded backend.
@@ -261,9 +253,9 @@ impl Engine {
         tokenizer: Arc<Tokenizer>,
         config: &EngineConfig,
         model_path: PathBuf,
-        weight_bytes: usize,
     ) -> Self {
         let model = backend.config().clone();
+        let weight_bytes = backend.weight_bytes();
         let total_blocks = backend.num_kv_blocks();
         let block_size = backend.block_size();
         let describe = backend.describe();

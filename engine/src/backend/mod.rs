@@ -80,6 +80,9 @@ pub trait Backend: Send {
     /// Tokens per KV block.
     fn block_size(&self) -> usize;
 
+    /// Bytes of weights as this backend holds them.
+    fn weight_bytes(&self) -> usize;
+
     /// Runs one step. `logits` receives `batch.num_logits()` rows of `vocab_size` values,
     /// in `batch.seqs` order.
     fn step(&mut self, batch: &Batch<'_>, logits: &mut [f32]) -> Result<(), EngineError>;

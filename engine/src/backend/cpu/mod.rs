@@ -309,21 +309,6 @@ impl CpuBackend {
             scratch: Scratch::default(),
         })
     }
-
-    /// Bytes of weights as the kernels hold them.
-    pub fn weight_bytes(&self) -> usize {
-        let layer_bytes: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                l.qkv.parts.iter().map(QMatrix::bytes).sum::<usize>()
-                    + l.gate_up.parts.iter().map(QMatrix::bytes).sum::<usize>()
-                    + l.wo.bytes()
-                    + l.down.bytes()
-            })
-            .sum();
-        layer_bytes + self.embed.bytes() + self.output.as_ref().map_or(0, QMatrix::bytes)
-    }
 }
 
 impl Backend for CpuBackend {
@@ -337,6 +322,20 @@ impl Backend for CpuBackend {
 
     fn block_size(&self) -> usize {
         self.block_size
+    }
+
+    fn weight_bytes(&self) -> usize {
+        let layer_bytes: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.qkv.parts.iter().map(QMatrix::bytes).sum::<usize>()
+                    + l.gate_up.parts.iter().map(QMatrix::bytes).sum::<usize>()
+                    + l.wo.bytes()
+                    + l.down.bytes()
+            })
+            .sum();
+        layer_bytes + self.embed.bytes() + self.output.as_ref().map_or(0, QMatrix::bytes)
     }
 
     fn describe(&self) -> String {

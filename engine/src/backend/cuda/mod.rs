@@ -531,11 +531,6 @@ impl CudaBackend {
         Ok(backend)
     }
 
-    /// Bytes of weights on the GPU.
-    pub fn weight_bytes(&self) -> usize {
-        self.weight_bytes
-    }
-
     /// Bytes of weights one step reads: every matrix and norm, but of the embedding
     /// table only its rows (nothing, to this precision) unless it is also the output head.
     pub fn step_weight_bytes(&self) -> usize {
@@ -1116,6 +1111,10 @@ impl Backend for CudaBackend {
 
     fn block_size(&self) -> usize {
         self.block_size
+    }
+
+    fn weight_bytes(&self) -> usize {
+        self.weight_bytes
     }
 
     fn describe(&self) -> String {
