@@ -10,6 +10,8 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(test)]
+mod reference;
 
 use crate::EngineError;
 use crate::kv::BlockId;

@@ -1,14 +1,22 @@
 //! The CPU backend: quantized weights used in place (8-bit activations times 4/8-bit
-//! weights, SIMD where the CPU has it), every core through one rayon pool, a paged f32
+//! weights, SIMD where the CPU has it), every core through one rayon pool, a paged f16
 //! KV cache in host memory, and scratch buffers sized once for the largest step.
+//!
+//! [`CpuBackend::with_activations`]`(`[`Activations::F32`]`)` makes it a reference
+//! instead: the same weights, dequantized exactly, times activations that are never
+//! quantized, with f64 sums. Slower, and for checking other backends against, not for
+//! serving.
 
 pub mod matmul;
 pub mod ops;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
 use rayon::prelude::*;
 
+pub use self::matmul::Activations;
 use self::matmul::{QMatrix, QuantizedActs};
 use self::ops::{KvLayer, Rope};
 use crate::EngineError;
@@ -309,6 +317,20 @@ impl CpuBackend {
             scratch: Scratch::default(),
         })
     }
+
+    /// Runs every matrix product with `activations`: [`Activations::Q8`] (the
+    /// default) is the serving path; [`Activations::F32`] is the reference mode, whose
+    /// logits differ from exact arithmetic on the same weights by f32 rounding and the
+    /// f16 KV cache only (the CUDA backend's K/V are f16 too).
+    pub fn with_activations(mut self, activations: Activations) -> Self {
+        self.scratch.acts = QuantizedActs::with_activations(activations);
+        self
+    }
+
+    /// How the matrix products take their activations.
+    pub fn activations(&self) -> Activations {
+        self.scratch.acts.activations()
+    }
 }
 
 impl Backend for CpuBackend {
@@ -339,11 +361,18 @@ impl Backend for CpuBackend {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "cpu ({} threads, {})",
-            self.threads,
-            matmul::Kernel::detect().name()
-        )
+        match self.activations() {
+            Activations::Q8 => format!(
+                "cpu ({} threads, {})",
+                self.threads,
+                matmul::Kernel::detect().name()
+            ),
+            // The portable exact kernel runs every product, the detected one none.
+            Activations::F32 => format!(
+                "cpu ({} threads, f32 activations: reference mode)",
+                self.threads
+            ),
+        }
     }
 
     fn step(&mut self, batch: &Batch<'_>, logits: &mut [f32]) -> Result<(), EngineError> {

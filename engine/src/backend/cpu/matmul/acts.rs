@@ -1,7 +1,22 @@
 //! Activations quantized to 8 bits per 32-element block (ggml's Q8_0 with the
-//! block sum kept, like Q8_1), the right-hand side of every matmul.
+//! block sum kept, like Q8_1), the right-hand side of every matmul; or, in the
+//! reference mode ([`Activations::F32`]), the f32 values themselves.
 
 use super::{BLOCK, Kernel, MatmulError};
+
+/// What a matmul multiplies the weights by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activations {
+    /// Quantized to 8 bits per 32-value block, as llama.cpp does: the integer
+    /// kernels, the serving path.
+    #[default]
+    Q8,
+    /// Never quantized: the f32 values against the exactly dequantized
+    /// weights with f64 sums (see [`super::exact`]). A reference for checking
+    /// other backends: a SmolLM2-135M decode step takes ~10x as long as with
+    /// [`Activations::Q8`].
+    F32,
+}
 
 /// `n` tokens of `k` activations, quantized per 32-value block: `d = amax/127`
 /// (f32), `q = round_ties_even(x·(1/d))` in `-127..=127`, and `s = d·Σq` for the
@@ -9,11 +24,17 @@ use super::{BLOCK, Kernel, MatmulError};
 ///
 /// Buffers only grow: once a `QuantizedActs` has held the largest batch of a
 /// run, quantizing allocates nothing. Every kernel quantizes bit-identically.
+///
+/// Made with [`Activations::F32`], "quantizing" copies the values unchanged
+/// and [`super::matmul`] runs the exact kernel on them instead.
 #[derive(Debug, Clone)]
 pub struct QuantizedActs {
     n: usize,
     k: usize,
     kernel: Kernel,
+    activations: Activations,
+    /// [`Activations::F32`] only: the values as given, `x[t*k + j]`.
+    raw: Vec<f32>,
     /// `[block][token]`: the 32 values, 4 to an `i32` (little-endian bytes),
     /// so a SIMD kernel broadcasts 4 of them with one 32-bit load. Block-major
     /// so a tile of tokens reads one run per block, at fixed offsets from one
@@ -38,6 +59,8 @@ impl QuantizedActs {
             n: 0,
             k: 0,
             kernel: Kernel::detect(),
+            activations: Activations::Q8,
+            raw: Vec::new(),
             qs: Vec::new(),
             d: Vec::new(),
             s: Vec::new(),
@@ -55,11 +78,28 @@ impl QuantizedActs {
         })
     }
 
-    /// Quantizes `n` tokens of `k` values each, `x[t*k + j]`, on this thread.
+    /// Empty, holding activations as `activations` says.
+    pub fn with_activations(activations: Activations) -> Self {
+        QuantizedActs {
+            activations,
+            ..Self::new()
+        }
+    }
+
+    /// How the activations are held.
+    pub fn activations(&self) -> Activations {
+        self.activations
+    }
+
+    /// Quantizes `n` tokens of `k` values each, `x[t*k + j]`, on this thread
+    /// (with [`Activations::F32`], copies them).
     ///
     /// # Panics
     /// If `k` is not a multiple of 32 or `x.len() != n * k`.
     pub fn quantize(&mut self, x: &[f32], n: usize, k: usize) {
+        if self.activations == Activations::F32 {
+            return self.keep(x, n, k);
+        }
         let kernel = self.kernel;
         let dst = self.prepare(x, n, k);
         quantize_blocks(kernel, x, dst);
@@ -70,6 +110,9 @@ impl QuantizedActs {
     /// 1536 values take ~0.2 ms on one thread).
     pub fn quantize_in(&mut self, x: &[f32], n: usize, k: usize, pool: &rayon::ThreadPool) {
         use rayon::prelude::*;
+        if self.activations == Activations::F32 {
+            return self.keep(x, n, k);
+        }
         let kernel = self.kernel;
         let threads = pool.current_num_threads();
         let dst = self.prepare(x, n, k);
@@ -104,18 +147,18 @@ impl QuantizedActs {
         });
     }
 
+    /// [`Activations::F32`]: holds `x` as it is.
+    fn keep(&mut self, x: &[f32], n: usize, k: usize) {
+        check_shape(x, n, k);
+        self.n = n;
+        self.k = k;
+        self.raw.clear();
+        self.raw.extend_from_slice(x);
+    }
+
     /// Sizes the buffers for `n × k` and says where to write.
     fn prepare(&mut self, x: &[f32], n: usize, k: usize) -> Blocks<'_> {
-        assert!(
-            k.is_multiple_of(BLOCK),
-            "row length {k} is not a multiple of {BLOCK}"
-        );
-        assert_eq!(
-            x.len(),
-            n * k,
-            "{n} tokens of {k} values, got {} values",
-            x.len()
-        );
+        check_shape(x, n, k);
         let blocks = n * k / BLOCK;
         self.n = n;
         self.k = k;
@@ -142,6 +185,11 @@ impl QuantizedActs {
         self.k
     }
 
+    /// [`Activations::F32`]: the values, `x[t*k + j]`; `None` when quantized.
+    pub(super) fn values(&self) -> Option<&[f32]> {
+        (self.activations == Activations::F32).then(|| &self.raw[..self.n * self.k])
+    }
+
     /// Block `b` of every token: values, scales `d` and sums `s`, indexed by token.
     pub(super) fn block(&self, b: usize) -> (&[[i32; 8]], &[f32], &[f32]) {
         let r = b * self.n..(b + 1) * self.n;
@@ -149,10 +197,35 @@ impl QuantizedActs {
     }
 
     /// Value `j` of token `t` as quantized (`q`) and its block's scale.
+    ///
+    /// # Panics
+    /// If the activations are held as [`Activations::F32`].
     pub fn value(&self, t: usize, j: usize) -> (i8, f32) {
+        assert_eq!(
+            self.activations,
+            Activations::Q8,
+            "f32 activations have no quantized values"
+        );
         let (qs, d, _) = self.block(j / BLOCK);
         (byte(&qs[t], j % BLOCK), d[t])
     }
+}
+
+/// Checks that `x` holds `n` tokens of `k` values, `k` whole blocks.
+///
+/// # Panics
+/// If `k` is not a multiple of 32 or `x.len() != n * k`.
+fn check_shape(x: &[f32], n: usize, k: usize) {
+    assert!(
+        k.is_multiple_of(BLOCK),
+        "row length {k} is not a multiple of {BLOCK}"
+    );
+    assert_eq!(
+        x.len(),
+        n * k,
+        "{n} tokens of {k} values, got {} values",
+        x.len()
+    );
 }
 
 /// Values below which [`QuantizedActs::quantize_in`] stays on one thread.

@@ -1,6 +1,7 @@
 //! Quantized matrix multiply for the CPU backend: `out = W · x` for a batch of
 //! tokens, with weights in a block format and activations quantized to 8 bits
-//! per 32-element block, as llama.cpp's CPU path does.
+//! per 32-element block, as llama.cpp's CPU path does (or, for a reference,
+//! kept in f32: [`Activations::F32`] below).
 //!
 //! Every block format is repacked at load into one layout (see [`layout`]):
 //! groups of 16 rows interleaved 4 bytes at a time, so that one 64-byte load
@@ -19,10 +20,18 @@
 //! and benches do) without repacking.
 //!
 //! Invariant: the integer part of every kernel is exact; kernels differ only
-//! in the order of float operations. This module depends only on
-//! [`crate::gguf`] and rayon.
+//! in the order of float operations.
+//!
+//! A reference mode, [`Activations::F32`], leaves the activations in f32 and
+//! runs [`exact`] instead: the same repacked weights dequantized exactly, f64
+//! sums. It is for checking other backends against (8-bit activations move a
+//! SmolLM2-135M's logits by ~0.2 RMS), not for serving; the choice is made
+//! once per product, so the integer kernels are untouched by it.
+//!
+//! This module depends only on [`crate::gguf`] and rayon.
 
 mod acts;
+mod exact;
 mod layout;
 mod out;
 mod scalar;
@@ -39,7 +48,7 @@ mod tests;
 
 use crate::gguf::GgmlType;
 
-pub use acts::QuantizedActs;
+pub use acts::{Activations, QuantizedActs};
 pub use layout::QMatrix;
 
 /// Elements per quantization block, for weights and activations alike.
@@ -146,7 +155,8 @@ impl Kernel {
 }
 
 /// `out[t*m + i] = Σ_j W[i,j] · x[t*k + j]` for the `n` tokens quantized in
-/// `x`, with `m = w.rows()` and `k = w.cols()`.
+/// `x`, with `m = w.rows()` and `k = w.cols()`: on `w`'s kernel, or on the
+/// exact one when `x` holds [`Activations::F32`].
 ///
 /// Output rows are split across `pool`'s threads in runs of whole row groups;
 /// call it from inside `pool.install` (once per engine step) so that
@@ -194,6 +204,9 @@ pub fn matmul(w: &QMatrix, x: &QuantizedActs, out: &mut [f32], pool: &rayon::Thr
         parallel.then_some(pool),
         |rows, dst| {
             let g = rows.start / layout::ROWS..rows.end.div_ceil(layout::ROWS);
+            if let Some(values) = x.values() {
+                return exact::run(w, values, g, 0..n, dst);
+            }
             let mut t0 = 0;
             while t0 < n {
                 let t1 = (t0 + TOKEN_BLOCK).min(n);

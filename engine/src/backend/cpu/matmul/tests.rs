@@ -459,3 +459,72 @@ fn real_model_tensors() {
         }
     }
 }
+
+/// The reference mode: with f32 activations every product is `W·x` in exact
+/// arithmetic (the weights as the GGUF reader decodes them, `x` unrounded)
+/// up to f32 rounding, for every format, partial groups, one thread and
+/// more tokens than a token block; and far nearer to it than 8-bit
+/// activations.
+#[test]
+fn f32_activations_give_exact_products() {
+    let mut rng = Rng(6);
+    let shapes: [(usize, usize, usize, usize); 5] = [
+        // (rows, cols, tokens, threads)
+        (53, 576, 1, 2),
+        (7, 32, 3, 2),
+        (100, 1536, 9, 1),
+        (16 * 40 + 3, 96, 130, 2),
+        (48, 64, 17, 2),
+    ];
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::F16,
+    ] {
+        for (m, k, n, threads) in shapes {
+            let pool = pool(threads);
+            let data = random_matrix(&mut rng, ty, m, k);
+            let w_eff = effective_weights(ty, m, k, &data);
+            let w = QMatrix::from_raw(ty, m, k, &data).expect("valid matrix");
+            let x = random_acts(&mut rng, n + 2, k);
+            let mut exact = QuantizedActs::with_activations(Activations::F32);
+            assert_eq!(exact.activations(), Activations::F32);
+            // A larger batch first: the second must hold only its own tokens.
+            exact.quantize(&x, n + 2, k);
+            let x = &x[..n * k];
+            if n % 2 == 0 {
+                exact.quantize(x, n, k);
+            } else {
+                exact.quantize_in(x, n, k, &pool);
+            }
+            let mut q8 = QuantizedActs::new();
+            q8.quantize(x, n, k);
+            let (mut out, mut out_q8) = (vec![f32::NAN; n * m], vec![f32::NAN; n * m]);
+            matmul(&w, &exact, &mut out, &pool);
+            matmul(&w, &q8, &mut out_q8, &pool);
+            let (mut err, mut err_q8) = (0f64, 0f64);
+            for (at, (&o, &o8)) in out.iter().zip(&out_q8).enumerate() {
+                let (t, i) = (at / m, at % m);
+                let (mut want, mut mag) = (0f64, 0f64);
+                for (&wj, &xj) in w_eff[i * k..(i + 1) * k].iter().zip(&x[t * k..]) {
+                    let p = f64::from(wj) * f64::from(xj);
+                    want += p;
+                    mag += p.abs();
+                }
+                // One f32 rounding, and f64 sums in whatever order.
+                let tol = want.abs() / f64::from(1u32 << 24) + 1e-12 * mag;
+                assert!(
+                    (f64::from(o) - want).abs() <= tol,
+                    "{ty} {m}x{k} n={n}: out[t={t}, i={i}] = {o}, exact {want} (±{tol})"
+                );
+                err += (f64::from(o) - want).powi(2);
+                err_q8 += (f64::from(o8) - want).powi(2);
+            }
+            assert!(
+                err * 1e4 < err_q8,
+                "{ty} {m}x{k} n={n}: squared error {err} with f32 activations, {err_q8} with 8-bit"
+            );
+        }
+    }
+}
