@@ -30,7 +30,7 @@ pub struct EngineConfig {
     /// On a GPU with `kv_blocks` 0: the fraction of the GPU's memory the worker may hold
     /// (weights, activations, graphs); the KV cache gets what is left of it.
     pub gpu_memory_fraction: f32,
-    /// On a GPU: replay decode steps as CUDA graphs captured per batch-size bucket.
+    /// On a GPU: replay steps as CUDA graphs captured per token-count bucket.
     pub cuda_graphs: bool,
     /// Build this architecture with generated weights instead of the model file's
     /// (`llama-3.1-8b`, on a GPU), as vLLM's `dummy` load format does: the file still

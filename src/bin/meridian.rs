@@ -117,6 +117,12 @@ struct WorkerArgs {
     metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     device: DeviceArgs,
+    /// Threads of the async runtime that serves gRPC (the engine's step thread is its
+    /// own). Few is cheaper: each streamed token wakes a task, and with a thread per core
+    /// the wake-ups hop between threads (measured on a 16-core host: 5.7 us of CPU per
+    /// token with 2 threads, 11 us with 16).
+    #[arg(long, default_value_t = 2)]
+    runtime_threads: usize,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -132,7 +138,7 @@ struct DeviceArgs {
     /// model file still gives the tokenizer. For benchmarks: meaningless text, real speed.
     #[arg(long)]
     synthetic: Option<String>,
-    /// Run decode steps eagerly instead of replaying CUDA graphs.
+    /// Run every step eagerly instead of replaying CUDA graphs.
     #[arg(long)]
     no_cuda_graphs: bool,
     /// Most sequences running at once.
@@ -227,7 +233,12 @@ enum PlacementCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init_tracing(cli.log_json);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Command::Worker(args) = &cli.command {
+        runtime.worker_threads(args.runtime_threads.max(1));
+    }
+    let runtime = match runtime.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -12,9 +12,15 @@
 //!   gather, and the token picks: argmax, or temperature, top-k, top-p and min-p with
 //!   the uniform the sequence's seeded sampler drew, so a step copies two numbers per
 //!   sequence to the host instead of a row of logits.
-//! - One stream. Every buffer is allocated at load for the largest step; decode steps
-//!   (one token per sequence) replay a CUDA graph captured per batch-size bucket, padded
-//!   to the bucket with rows that write to a spare KV block no sequence owns.
+//! - One stream. Every buffer is allocated at load for the largest step, and every step
+//!   replays a CUDA graph captured per token-count bucket, padded to the bucket with
+//!   tokens that write to a spare KV block no sequence owns. The network's shape depends
+//!   only on the step's token count (the attention kernel reads each token's sequence,
+//!   position and block table from the step's inputs), so steps that carry prefill
+//!   chunks replay graphs too, as vLLM V1 does with its capture sizes: an eager step of
+//!   SmolLM2 costs the host ~300 kernel launches and cuBLAS calls, which starved the
+//!   GPU and took more of a core than the whole rest of the worker. Steps larger than
+//!   the largest bucket run eagerly.
 //! - The step thread sleeps while the GPU works (blocking synchronization), so a
 //!   saturated GPU costs the host a fraction of one core.
 //! - Memory: weights and activations are allocated first; the KV cache takes what is
@@ -32,7 +38,7 @@ use std::time::Instant;
 use cudarc::cublas::{CudaBlas, sys as cublas_sys};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
-    PushKernelArg, sys as cuda_sys,
+    PinnedHostSlice, PushKernelArg, sys as cuda_sys,
 };
 use half::f16;
 
@@ -41,8 +47,12 @@ use crate::backend::{Backend, Batch, Pick};
 use crate::model::ModelConfig;
 use crate::model::source::WeightSource;
 
-/// Decode batch sizes that get a CUDA graph; a batch is padded up to the next one.
-pub const GRAPH_BUCKETS: &[usize] = &[1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256];
+/// Step sizes (tokens) that get a CUDA graph; a step is padded up to the next one. Fine
+/// steps where decode batches live, then at most 1/8 of padding up to 2048 tokens.
+pub const GRAPH_BUCKETS: &[usize] = &[
+    1, 2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 288, 320, 384, 448, 512,
+    576, 640, 768, 896, 1024, 1152, 1280, 1536, 1792, 2048,
+];
 
 /// cuBLAS workspace, set explicitly so that GEMMs allocate nothing while a graph is
 /// captured (NVIDIA's recommended size on Hopper).
@@ -73,6 +83,17 @@ fn driver_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> EngineError
 
 fn blas_err(what: &str) -> impl Fn(cudarc::cublas::result::CublasError) -> EngineError + '_ {
     move |e| EngineError::Device(format!("{what}: {e}"))
+}
+
+/// `len` values of page-locked host memory, cached (not write-combined: the host reads
+/// it).
+fn pinned<T: DeviceRepr>(
+    ctx: &Arc<CudaContext>,
+    len: usize,
+) -> Result<PinnedHostSlice<T>, EngineError> {
+    // SAFETY: the values are written by a copy from the device before they are read.
+    #[allow(unsafe_code)]
+    unsafe { ctx.alloc_pinned_with_flags(len.max(1), 0) }.map_err(driver_err("page-locked memory"))
 }
 
 /// A device buffer with its address: kernels and cuBLAS take raw addresses, which stay
@@ -149,7 +170,7 @@ struct Kernels {
 /// Step inputs, one i32 buffer so a step uploads them in one copy. Offsets in values:
 /// tokens, positions, KV slots and sequence index per token (`max_tokens` each), the
 /// rows that want logits (`max_seqs`), the block-table stride, then the block tables
-/// (`max_seqs` rows of `stride` blocks).
+/// (`max_seqs` rows of `stride` blocks, and one for the padding tokens of a graph).
 struct Inputs {
     buf: Buf<i32>,
     host: Vec<i32>,
@@ -204,7 +225,7 @@ struct Acts {
     partial: Buf<f32>,
 }
 
-/// A captured decode graph. `CudaGraph` holds raw handles and so is not `Send`; the
+/// A captured step graph. `CudaGraph` holds raw handles and so is not `Send`; the
 /// backend moves between threads only whole (the engine builds it on one thread and
 /// steps it on another, never both), and it binds its context before every use.
 struct Graph(cudarc::driver::CudaGraph);
@@ -245,6 +266,9 @@ pub struct CudaBackend {
     inputs: Inputs,
     acts: Acts,
     graphs_enabled: bool,
+    /// Steps that replayed a graph, and all steps, since load.
+    replayed: u64,
+    steps: u64,
     device_name: String,
     /// Multiprocessors of the GPU, for sizing split attention.
     sms: usize,
@@ -252,8 +276,10 @@ pub struct CudaBackend {
     weight_bytes: usize,
     memory_total: usize,
     memory_used: usize,
-    host_picks: Vec<i32>,
-    host_logprobs: Vec<f32>,
+    /// Page-locked, so the picks' copies are asynchronous and the step's one wait is the
+    /// blocking synchronization (a copy into pageable memory waits inside the driver).
+    host_picks: PinnedHostSlice<i32>,
+    host_logprobs: PinnedHostSlice<f32>,
     host_params: Vec<f32>,
     host_uniforms: Vec<f64>,
 }
@@ -268,7 +294,7 @@ pub enum Weights<'a> {
 
 impl CudaBackend {
     /// Checks for the CUDA libraries and a GPU, compiles the kernels for it, uploads the
-    /// weights, allocates the activations and the KV cache, and captures the decode
+    /// weights, allocates the activations and the KV cache, and captures the step
     /// graphs.
     pub fn load(
         weights: Weights<'_>,
@@ -392,7 +418,7 @@ impl CudaBackend {
                 "attention partial sums",
             )?,
         };
-        let inputs_len = 4 * max_tokens + max_seqs + 1 + max_seqs * max_blocks;
+        let inputs_len = 4 * max_tokens + max_seqs + 1 + (max_seqs + 1) * max_blocks;
         let inputs = Inputs {
             buf: Buf::alloc(&stream, inputs_len, "step inputs")?,
             host: vec![0; inputs_len],
@@ -487,6 +513,8 @@ impl CudaBackend {
                 ),
             });
         }
+        let host_picks = pinned(&ctx, max_seqs)?;
+        let host_logprobs = pinned(&ctx, max_seqs)?;
         let mut backend = Self {
             graphs: BTreeMap::new(),
             config,
@@ -505,14 +533,16 @@ impl CudaBackend {
             inputs,
             acts,
             graphs_enabled: opts.graphs,
+            replayed: 0,
+            steps: 0,
             device_name: info.name,
             sms: info.multiprocessors.max(1) as usize,
             arch,
             weight_bytes,
             memory_total: total,
             memory_used: 0,
-            host_picks: vec![0; max_seqs],
-            host_logprobs: vec![0.0; max_seqs],
+            host_picks,
+            host_logprobs,
             host_params: Vec::with_capacity(4 * max_seqs),
             host_uniforms: Vec::with_capacity(max_seqs),
         };
@@ -541,9 +571,14 @@ impl CudaBackend {
         }
     }
 
-    /// Decode graphs captured (batch-size buckets).
+    /// Step graphs captured (token-count buckets).
     pub fn graph_buckets(&self) -> Vec<usize> {
         self.graphs.keys().copied().collect()
+    }
+
+    /// Steps run since load, and how many of them replayed a graph.
+    pub fn steps_replayed(&self) -> (u64, u64) {
+        (self.steps, self.replayed)
     }
 
     /// Device-to-device copy bandwidth, bytes read plus written per second, over a
@@ -581,9 +616,11 @@ impl CudaBackend {
         let buckets: Vec<usize> = GRAPH_BUCKETS
             .iter()
             .copied()
-            .filter(|&b| b <= self.inputs.max_seqs && b <= self.inputs.max_tokens)
+            .filter(|&b| b <= self.inputs.max_tokens)
             .collect();
-        // Valid inputs for the capture's warm-up run: padding rows everywhere.
+        let max_seqs = self.inputs.max_seqs;
+        // Valid inputs for the capture's warm-up run: padding tokens everywhere, all in
+        // sequence 0, whose table is the spare block.
         let pad = self.num_blocks as i32;
         let inp = &mut self.inputs;
         let (stride, tables) = (inp.stride(), inp.tables());
@@ -599,23 +636,28 @@ impl CudaBackend {
             inp.host[o_tok + i] = 0;
             inp.host[o_pos + i] = 0;
             inp.host[o_slot + i] = pad * self.block_size as i32;
-            inp.host[o_seq + i] = i as i32;
-            inp.host[o_rows + i] = i as i32;
-            inp.host[tables + i] = pad;
+            inp.host[o_seq + i] = 0;
         }
+        for r in 0..max_b.min(max_seqs) {
+            inp.host[o_rows + r] = r as i32;
+        }
+        inp.host[tables] = pad;
         inp.host[stride] = 1;
-        self.upload_inputs(tables + max_b)?;
+        self.upload_inputs(tables + 1)?;
         for &b in &buckets {
+            // Logits for as many rows as a step can want: every token of a decode step,
+            // at most one per sequence.
+            let rows = b.min(max_seqs);
             // One eager run first, so cuBLAS picks and loads its kernels outside the
             // capture.
-            self.enqueue(b, b)?;
+            self.enqueue(b, rows)?;
             self.stream
                 .synchronize()
                 .map_err(driver_err("graph warm-up"))?;
             self.stream
                 .begin_capture(cuda_sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
                 .map_err(driver_err("graph capture"))?;
-            let run = self.enqueue(b, b);
+            let run = self.enqueue(b, rows);
             let graph = self
                 .stream
                 .end_capture(cuda_sys::CUgraphInstantiate_flags(0))
@@ -623,7 +665,7 @@ impl CudaBackend {
             run?;
             let graph = graph.ok_or_else(|| {
                 EngineError::Device(format!(
-                    "capturing the decode graph of {b} sequences gave nothing"
+                    "capturing the step graph of {b} tokens gave nothing"
                 ))
             })?;
             self.graphs.insert(b, Graph(graph));
@@ -808,7 +850,7 @@ impl CudaBackend {
     }
 
     /// Checks a step against the buffers and packs its inputs; returns (tokens, logits
-    /// rows, decode bucket if the step replays a graph).
+    /// rows, token bucket if the step replays a graph).
     fn pack(&mut self, batch: &Batch<'_>) -> Result<(usize, usize, Option<usize>), EngineError> {
         let c = &self.config;
         let n = batch.tokens.len();
@@ -822,13 +864,14 @@ impl CudaBackend {
                 inp.max_seqs
             )));
         }
-        let decode = batch.seqs.iter().all(|s| s.len == 1 && s.logits);
-        let bucket = if self.graphs_enabled && decode && n > 0 {
+        let bucket = if self.graphs_enabled && n > 0 {
             self.graphs.range(n..).next().map(|(&b, _)| b)
         } else {
             None
         };
         let padded = bucket.unwrap_or(n);
+        // Padding tokens form one extra sequence, after the real ones.
+        let pad_row = batch.seqs.len();
         let stride = batch
             .seqs
             .iter()
@@ -836,11 +879,7 @@ impl CudaBackend {
             .max()
             .unwrap_or(0)
             .max(1);
-        let rows_with_tables = if bucket.is_some() {
-            padded
-        } else {
-            batch.seqs.len()
-        };
+        let rows_with_tables = batch.seqs.len() + usize::from(padded > n);
         if stride > inp.max_blocks {
             return Err(EngineError::Config(format!(
                 "a sequence of {stride} blocks exceeds the CUDA backend's {} (the model's context)",
@@ -901,15 +940,21 @@ impl CudaBackend {
                 "batch has {n} tokens but its chunks cover {t}"
             )));
         }
-        // Padding rows of a graph bucket: token 0 at position 0 of the spare block.
+        // Padding tokens of a graph bucket: token 0 at position 0 of the spare block.
         let pad = self.num_blocks as i32;
         for i in n..padded {
             h[o_tok + i] = 0;
             h[o_pos + i] = 0;
             h[o_slot + i] = pad * bs as i32;
-            h[o_seq + i] = i as i32;
-            h[o_rows + i] = i as i32;
-            h[o_tables + i * stride] = pad;
+            h[o_seq + i] = pad_row as i32;
+        }
+        if padded > n {
+            h[o_tables + pad_row * stride] = pad;
+        }
+        // The graph computes logits for its bucket's rows: the spare ones read token 0.
+        let graph_rows = bucket.map_or(n_rows, |b| b.min(inp.max_seqs));
+        for r in n_rows..graph_rows {
+            h[o_rows + r] = 0;
         }
         h[stride_at] = stride as i32;
         let len = o_tables + rows_with_tables * stride;
@@ -925,8 +970,12 @@ impl CudaBackend {
         if n == 0 {
             return Ok(0);
         }
+        self.steps += 1;
         match bucket.and_then(|b| self.graphs.get(&b)) {
-            Some(graph) => graph.0.launch().map_err(driver_err("graph launch"))?,
+            Some(graph) => {
+                graph.0.launch().map_err(driver_err("graph launch"))?;
+                self.replayed += 1;
+            }
             None => self.enqueue(n, n_rows)?,
         }
         let vocab = self.config.vocab_size as i32;
@@ -1201,18 +1250,26 @@ impl Backend for CudaBackend {
         let n_rows = self.forward(batch, output)?;
         if n_rows > 0 {
             let err = driver_err("copying the picks");
-            let src = self.acts.picks.slice.slice(..n_rows);
+            // The whole (small) buffers: a pinned slice copies in full.
             self.stream
-                .memcpy_dtoh(&src, &mut self.host_picks[..n_rows])
+                .memcpy_dtoh(&self.acts.picks.slice, &mut self.host_picks)
                 .map_err(&err)?;
-            let src = self.acts.pick_logprobs.slice.slice(..n_rows);
             self.stream
-                .memcpy_dtoh(&src, &mut self.host_logprobs[..n_rows])
+                .memcpy_dtoh(&self.acts.pick_logprobs.slice, &mut self.host_logprobs)
                 .map_err(&err)?;
         }
         self.stream.synchronize().map_err(driver_err("step"))?;
-        for (i, p) in picks.iter_mut().take(n_rows).enumerate() {
-            *p = (self.host_picks[i] as u32, self.host_logprobs[i]);
+        if n_rows > 0 {
+            let err = driver_err("reading the picks");
+            let tokens = self.host_picks.as_slice().map_err(&err)?;
+            let logprobs = self.host_logprobs.as_slice().map_err(&err)?;
+            for (p, (&t, &lp)) in picks
+                .iter_mut()
+                .zip(tokens.iter().zip(logprobs))
+                .take(n_rows)
+            {
+                *p = (t as u32, lp);
+            }
         }
         Ok(())
     }

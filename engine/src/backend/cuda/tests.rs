@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::*;
 use crate::backend::cpu::ops::{self, KvLayer, Rope};
-use crate::backend::cpu::CpuBackend;
+use crate::backend::cpu::{Activations, CpuBackend};
 use crate::backend::reference::{MemWeights, random, reference_logits, rel_l2, rms_diff, shape};
 use crate::backend::{BatchSeq, Pick};
 use crate::kv::BlockId;
@@ -551,6 +551,10 @@ fn steps_match_the_cpu_backend_with_and_without_graphs() {
         let want = run_steps(&mut cpu, false);
         let got = run_steps(&mut eager, false);
         let replayed = run_steps(&mut graphs, false);
+        // Every step replays a graph: the prefill and mixed steps too.
+        let (steps, graph_steps) = graphs.steps_replayed();
+        assert_eq!((steps, graph_steps), (steps, steps), "steps, graph replays");
+        assert_eq!(eager.steps_replayed().1, 0);
         let picks = run_steps(&mut graphs, true);
         for (i, ((w, g), r)) in want.iter().zip(&got).zip(&replayed).enumerate() {
             // The CPU runs 8-bit weights and activations; the GPU f16: a few percent.
@@ -559,8 +563,12 @@ fn steps_match_the_cpu_backend_with_and_without_graphs() {
                 e < 0.05,
                 "step {i}: logits differ from the CPU's by {e} (relative L2)"
             );
+            // A replayed step is padded to its bucket: its GEMMs are wider (cuBLAS may
+            // pick another kernel) and attention splits keys for the bucket's token
+            // count, so sums round differently, and f16 activations carry that on (the
+            // 21-token step, padded to 24, differs by 2.2e-4 on an H200).
             let e = rel_l2(r, g);
-            assert!(e < 1e-5, "step {i}: graph replay differs from eager by {e}");
+            assert!(e < 1e-3, "step {i}: graph replay differs from eager by {e}");
         }
         // The device's greedy picks are the argmax of the logits it returns.
         let vocab = c.vocab_size;
@@ -662,14 +670,18 @@ fn best_two(l: &[f32]) -> (usize, f32) {
     (idx[0], l[idx[0]] - l[idx[1]])
 }
 
-/// Greedy decoding of the real SmolLM2 on the GPU, checked against the network in exact
-/// arithmetic (`reference_logits`) on the same token path: the GPU's token is the
-/// reference's at every step where the reference's two best logits are at least 0.05
-/// apart, and its logits are at least as close to the reference's as the CPU backend's
-/// (which quantizes activations to 8 bits). Where the GPU and CPU backends first
-/// disagree, and the CPU's margin there, is printed.
+/// Greedy decoding of the real SmolLM2 on the GPU against the CPU backend, on the same
+/// token path (the GPU's): the criterion, the GPU's tokens identical to the CPU
+/// backend's up to the first near-tie (either's two best logits under 0.05 apart),
+/// against the CPU backend in its reference mode (f32 activations; its serving mode
+/// rounds activations to 8 bits, which moves SmolLM2's logits by ~0.2 RMS and so
+/// decides some steps with a margin well over 0.05 the other way). Also against the
+/// network in exact arithmetic (`reference_logits`): the GPU's token is exact
+/// arithmetic's wherever its margin is at least 0.05, and its logits are closer to it
+/// than the 8-bit CPU backend's. Where the GPU and the 8-bit CPU backend first
+/// disagree is printed.
 #[test]
-fn smollm2_greedy_tokens_match_exact_arithmetic() {
+fn smollm2_greedy_tokens_match_the_cpu_backend() {
     if !gpu() {
         return;
     }
@@ -678,6 +690,9 @@ fn smollm2_greedy_tokens_match_exact_arithmetic() {
     let c = ckpt.config().unwrap();
     let tok = ckpt.tokenizer().unwrap();
     let mut cpu = CpuBackend::load(ckpt.weights(), c.clone(), 16, 64, 0, &mut |_| {}).unwrap();
+    let mut cpu32 = CpuBackend::load(ckpt.weights(), c.clone(), 16, 64, 0, &mut |_| {})
+        .unwrap()
+        .with_activations(Activations::F32);
     let mut gpu = CudaBackend::load(
         Weights::File(ckpt.weights()),
         c.clone(),
@@ -692,13 +707,12 @@ fn smollm2_greedy_tokens_match_exact_arithmetic() {
         "Once upon a time, in a small village by the sea, there lived",
     ];
     let steps = 64;
-    let (mut compared, mut gpu_err, mut cpu_err) = (0, 0.0, 0.0);
+    let (mut compared, mut gpu_err, mut cpu_err, mut cpu32_err) = (0, 0.0, 0.0, 0.0);
     for prompt in prompts {
         let mut ids = tok.encode(prompt, true).unwrap();
         let n_prompt = ids.len();
         let table: Vec<BlockId> = (0..16).collect();
-        let (mut lc, mut lg) = (vec![0f32; vocab], vec![0f32; vocab]);
-        let (mut rows_cpu, mut rows_gpu) = (Vec::new(), Vec::new());
+        let mut rows = [Vec::new(), Vec::new(), Vec::new()];
         let mut start = 0;
         for _ in 0..steps {
             let seqs = [BatchSeq {
@@ -711,41 +725,66 @@ fn smollm2_greedy_tokens_match_exact_arithmetic() {
                 tokens: &ids[start..],
                 seqs: &seqs,
             };
-            cpu.step(&batch, &mut lc).unwrap();
-            gpu.step(&batch, &mut lg).unwrap();
-            rows_cpu.push(lc.clone());
-            rows_gpu.push(lg.clone());
+            let backends: [&mut dyn Backend; 3] = [&mut gpu, &mut cpu32, &mut cpu];
+            for (b, out) in backends.into_iter().zip(rows.iter_mut()) {
+                let mut l = vec![0f32; vocab];
+                b.step(&batch, &mut l).unwrap();
+                out.push(l);
+            }
             start = ids.len();
-            ids.push(best_two(&lg).0 as u32);
+            ids.push(best_two(&rows[0][rows[0].len() - 1]).0 as u32);
         }
+        let [rows_gpu, rows_cpu32, rows_cpu] = &rows;
         let reference = reference_logits(ckpt.weights(), &c, &ids[..ids.len() - 1]);
-        let mut first_cpu_gpu = None;
+        let (mut near_tie, mut first_cpu_gpu) = (None, None);
         for s in 0..steps {
             let r = &reference[n_prompt - 1 + s];
             let (r1, margin) = best_two(r);
-            let (g1, _) = best_two(&rows_gpu[s]);
+            let (g1, g_margin) = best_two(&rows_gpu[s]);
+            let (c32, c32_margin) = best_two(&rows_cpu32[s]);
             let (c1, c_margin) = best_two(&rows_cpu[s]);
             assert!(
                 g1 == r1 || margin < 0.05,
                 "{prompt:?} step {s}: GPU picks {g1}, exact arithmetic {r1} by a margin of {margin}"
             );
+            if near_tie.is_none() && g_margin.min(c32_margin) < 0.05 {
+                near_tie = Some(s);
+            }
+            if near_tie.is_none() {
+                assert_eq!(
+                    g1, c32,
+                    "{prompt:?} step {s}: the GPU picks {g1}, the CPU backend (f32 activations) {c32}, with margins {g_margin} and {c32_margin}"
+                );
+            }
             if g1 != c1 && first_cpu_gpu.is_none() {
                 first_cpu_gpu = Some((s, c_margin, margin, c1 == r1));
             }
             gpu_err += rms_diff(&rows_gpu[s], r);
+            cpu32_err += rms_diff(&rows_cpu32[s], r);
             cpu_err += rms_diff(&rows_cpu[s], r);
             compared += 1;
         }
+        match near_tie {
+            None => eprintln!(
+                "{prompt:?}: GPU and CPU backend (f32 activations) identical on all {steps} tokens, no near-tie"
+            ),
+            Some(s) => eprintln!(
+                "{prompt:?}: GPU and CPU backend (f32 activations) identical up to the first near-tie, at step {s}"
+            ),
+        }
         match first_cpu_gpu {
-            None => eprintln!("{prompt:?}: GPU and CPU agree on all {steps} tokens"),
+            None => eprintln!("{prompt:?}: GPU and 8-bit CPU backend agree on all {steps} tokens"),
             Some((s, cm, rm, cpu_right)) => eprintln!(
-                "{prompt:?}: GPU and CPU first disagree at step {s} (CPU margin {cm:.3}, exact margin {rm:.3}; the {} matches exact arithmetic)",
+                "{prompt:?}: GPU and 8-bit CPU backend first disagree at step {s} (CPU margin {cm:.3}, exact margin {rm:.3}; the {} matches exact arithmetic)",
                 if cpu_right { "CPU" } else { "GPU" }
             ),
         }
     }
-    let (gpu_err, cpu_err) = (gpu_err / compared as f64, cpu_err / compared as f64);
-    eprintln!("logit RMS error against exact arithmetic: GPU {gpu_err:.4}, CPU {cpu_err:.4}");
+    let n = compared as f64;
+    let (gpu_err, cpu_err, cpu32_err) = (gpu_err / n, cpu_err / n, cpu32_err / n);
+    eprintln!(
+        "logit RMS error against exact arithmetic: GPU {gpu_err:.4}, CPU f32 activations {cpu32_err:.4}, CPU 8-bit activations {cpu_err:.4}"
+    );
     assert!(
         gpu_err <= cpu_err,
         "the GPU's logits (RMS error {gpu_err}) are further from exact arithmetic than the CPU's ({cpu_err})"
