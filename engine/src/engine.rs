@@ -5,6 +5,11 @@
 //! read events from a channel. Tokenizing and validating happen in the caller; the step
 //! thread only schedules, computes, samples and detokenizes. Dropping the event
 //! receiver cancels the sequence: its KV blocks are freed before the next step.
+//!
+//! An engine started inside a tokio runtime hands each step's events to that runtime in
+//! one batch, and a task there delivers them: the step thread wakes the runtime once a
+//! step instead of once per token (a wake from outside a runtime goes through its shared
+//! queue and may wake a parked thread each time).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -298,6 +303,8 @@ impl Engine {
             tokens: Vec::new(),
             rates: Rates::default(),
             profile,
+            outbox: Vec::new(),
+            dispatch: spawn_dispatcher(),
         };
         let thread = std::thread::Builder::new()
             .name("meridian-engine".into())
@@ -541,6 +548,33 @@ struct StepLoop {
     tokens: Vec<u32>,
     rates: Rates,
     profile: Option<StepProfile>,
+    /// The events of the step in progress, in order.
+    outbox: Vec<(UnboundedSender<Event>, Event)>,
+    /// The delivering task's channel (see the module docs); `None`: deliver directly.
+    dispatch: Option<UnboundedSender<Outbox>>,
+}
+
+/// One step's events.
+type Outbox = Vec<(UnboundedSender<Event>, Event)>;
+
+/// Hands each event to its request's channel (a request that went away is skipped).
+fn deliver(events: Outbox) {
+    for (to, event) in events {
+        let _ = to.send(event);
+    }
+}
+
+/// A task on the current tokio runtime, if there is one, that delivers the step
+/// thread's batches; its channel.
+fn spawn_dispatcher() -> Option<UnboundedSender<Outbox>> {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    let (tx, mut rx) = unbounded_channel::<Outbox>();
+    runtime.spawn(async move {
+        while let Some(events) = rx.recv().await {
+            deliver(events);
+        }
+    });
+    Some(tx)
 }
 
 /// One line per engine step, appended to a CSV file: what the simulator's engine model
@@ -623,6 +657,25 @@ impl StepLoop {
                     self.finish(id, FinishReason::Cancelled, String::new());
                 }
             }
+            self.send_events();
+        }
+    }
+
+    /// Sends the step's events: to the runtime's delivering task, or (without one, or
+    /// once that runtime is gone) straight to each request.
+    fn send_events(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut self.outbox);
+        match &self.dispatch {
+            Some(to) => {
+                if let Err(unsent) = to.send(events) {
+                    self.dispatch = None;
+                    deliver(unsent.0);
+                }
+            }
+            None => deliver(events),
         }
     }
 
@@ -781,11 +834,14 @@ impl StepLoop {
         let delta = active.decoder.push(token);
         let (text, stopped) = active.stop.push(&delta);
         let logprob = active.request.logprobs.then_some(logprob);
-        let _ = active.events.send(Event::Token {
-            id: token,
-            text,
-            logprob,
-        });
+        self.outbox.push((
+            active.events.clone(),
+            Event::Token {
+                id: token,
+                text,
+                logprob,
+            },
+        ));
         if stopped {
             self.finish(id, FinishReason::Stop, String::new());
         } else if active.generated >= active.request.max_tokens {
@@ -803,11 +859,14 @@ impl StepLoop {
                 completion_tokens: active.generated,
                 cached_prompt_tokens: self.scheduler.cached_prompt_tokens(id) as u32,
             };
-            let _ = active.events.send(Event::Finished {
-                reason,
-                usage,
-                text,
-            });
+            self.outbox.push((
+                active.events,
+                Event::Finished {
+                    reason,
+                    usage,
+                    text,
+                },
+            ));
         }
         self.scheduler.remove(id);
     }
