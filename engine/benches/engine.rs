@@ -26,15 +26,6 @@ use meridian_engine::gguf::GgufFile;
 use meridian_engine::kv::{BlockId, BlockManager};
 use meridian_engine::model::ModelConfig;
 
-fn model_path() -> PathBuf {
-    let cache = std::env::var_os("MERIDIAN_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/meridian")
-        });
-    cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
 fn argmax(row: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &v) in row.iter().enumerate() {
@@ -178,7 +169,8 @@ fn main() {
     let npl: Vec<usize> = flag("--npl")
         .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 4, 16, 32, 64]);
-    let path = flag("--model").map_or_else(model_path, PathBuf::from);
+    let path =
+        flag("--model").map_or_else(meridian_engine::testing::real_model_path, PathBuf::from);
     if flag("--device").is_some_and(|d| d.starts_with("cuda")) {
         #[cfg(feature = "cuda")]
         gpu::main(&path, flag("--synthetic"), &npl);

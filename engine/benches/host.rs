@@ -20,8 +20,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use meridian_engine::backend::{Backend, Batch, Pick};
@@ -29,6 +29,7 @@ use meridian_engine::model::ModelConfig;
 use meridian_engine::model::checkpoint::Checkpoint;
 use meridian_engine::service::WorkerService;
 use meridian_engine::slot::WorkerSlot;
+use meridian_engine::testing::real_model_path;
 use meridian_engine::{Engine, EngineConfig, EngineError, Event, Input, Request, SamplingParams};
 use meridian_proto::worker::v1 as pb;
 use meridian_proto::worker::v1::worker_client::WorkerClient;
@@ -54,15 +55,6 @@ fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
                 .unwrap_or_else(|_| panic!("{name}: cannot parse {v:?}"))
         })
         .unwrap_or(default)
-}
-
-fn model_path() -> PathBuf {
-    let cache = std::env::var_os("MERIDIAN_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/meridian")
-        });
-    cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 /// A device whose step is a wait: tokens come from `text` by position.
@@ -158,7 +150,7 @@ fn engine_config() -> EngineConfig {
 }
 
 fn start_engine(step: Duration) -> (Arc<Engine>, Vec<u32>) {
-    let path = model_path();
+    let path = real_model_path();
     let ckpt = Checkpoint::open(&path).unwrap_or_else(|e| {
         panic!(
             "{}: {e} (fetch it with `meridian models pull`)",
@@ -177,34 +169,26 @@ fn start_engine(step: Duration) -> (Arc<Engine>, Vec<u32>) {
     (Arc::new(engine), text)
 }
 
-/// Runs `load` through the engine's channels; returns the tokens generated.
-async fn drive_engine(engine: Arc<Engine>, text: Arc<Vec<u32>>, load: Load) -> u64 {
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+/// Runs requests `0..load.requests` from `load.clients` closed-loop clients (each starts
+/// its next request when its last one ends); `one(i)` runs request `i` and returns the
+/// tokens it received. Returns the tokens of all.
+async fn closed_loop<F, Fut>(load: Load, one: F) -> u64
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = u64> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..load.clients)
         .map(|_| {
-            let (engine, text, next) = (engine.clone(), text.clone(), next.clone());
+            let (one, next) = (one.clone(), next.clone());
             tokio::spawn(async move {
-                let mut tokens = 0u64;
+                let mut tokens = 0;
                 loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= load.requests {
                         return tokens;
                     }
-                    let mut events = engine
-                        .submit(Request {
-                            input: Input::Tokens(prompt_of(&text, i, load.prompt)),
-                            sampling: SamplingParams::default(),
-                            max_tokens: load.output,
-                            stop: Vec::new(),
-                            logprobs: false,
-                            ignore_eos: true,
-                        })
-                        .unwrap();
-                    while let Some(event) = events.recv().await {
-                        if let Event::Token { .. } = event {
-                            tokens += 1;
-                        }
-                    }
+                    tokens += one(i).await;
                 }
             })
         })
@@ -216,6 +200,31 @@ async fn drive_engine(engine: Arc<Engine>, text: Arc<Vec<u32>>, load: Load) -> u
     total
 }
 
+/// Runs `load` through the engine's channels; returns the tokens generated.
+async fn drive_engine(engine: Arc<Engine>, text: Arc<Vec<u32>>, load: Load) -> u64 {
+    closed_loop(load, move |i| {
+        let request = Request {
+            input: Input::Tokens(prompt_of(&text, i, load.prompt)),
+            sampling: SamplingParams::default(),
+            max_tokens: load.output,
+            stop: Vec::new(),
+            logprobs: false,
+            ignore_eos: true,
+        };
+        let mut events = engine.submit(request).unwrap();
+        async move {
+            let mut tokens = 0;
+            while let Some(event) = events.recv().await {
+                if let Event::Token { .. } = event {
+                    tokens += 1;
+                }
+            }
+            tokens
+        }
+    })
+    .await
+}
+
 /// The client side of `grpc` mode (a child process): runs `load` against `url`, prints
 /// the tokens received.
 async fn client(url: String, text: Vec<u32>, load: Load) {
@@ -224,42 +233,29 @@ async fn client(url: String, text: Vec<u32>, load: Load) {
         .connect()
         .await
         .unwrap();
-    let text = Arc::new(text);
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let tasks: Vec<_> = (0..load.clients)
-        .map(|_| {
-            let mut client = WorkerClient::new(channel.clone());
-            let (text, next) = (text.clone(), next.clone());
-            tokio::spawn(async move {
-                let mut tokens = 0u64;
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= load.requests {
-                        return tokens;
-                    }
-                    let request = pb::GenerateRequest {
-                        request_id: format!("host-{i}"),
-                        model: MODEL_ID.into(),
-                        input: Some(pb::generate_request::Input::TokenIds(pb::TokenIds {
-                            ids: prompt_of(&text, i, load.prompt),
-                        })),
-                        sampling: Some(pb::SamplingParams::default()),
-                        max_tokens: load.output,
-                        ignore_eos: true,
-                        ..Default::default()
-                    };
-                    let mut stream = client.generate(request).await.unwrap().into_inner();
-                    while let Some(chunk) = stream.message().await.unwrap() {
-                        tokens += chunk.token_ids.len() as u64;
-                    }
-                }
-            })
-        })
-        .collect();
-    let mut total = 0;
-    for t in tasks {
-        total += t.await.unwrap();
-    }
+    let total = closed_loop(load, move |i| {
+        let mut client = WorkerClient::new(channel.clone());
+        let request = pb::GenerateRequest {
+            request_id: format!("host-{i}"),
+            model: MODEL_ID.into(),
+            input: Some(pb::generate_request::Input::TokenIds(pb::TokenIds {
+                ids: prompt_of(&text, i, load.prompt),
+            })),
+            sampling: Some(pb::SamplingParams::default()),
+            max_tokens: load.output,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        async move {
+            let mut stream = client.generate(request).await.unwrap().into_inner();
+            let mut tokens = 0;
+            while let Some(chunk) = stream.message().await.unwrap() {
+                tokens += chunk.token_ids.len() as u64;
+            }
+            tokens
+        }
+    })
+    .await;
     println!("{total}");
 }
 
@@ -293,7 +289,7 @@ fn main() {
         .unwrap();
     let url: String = arg("--client", String::new());
     if !url.is_empty() {
-        let ckpt = Checkpoint::open(&model_path()).unwrap();
+        let ckpt = Checkpoint::open(&real_model_path()).unwrap();
         let text = ckpt
             .tokenizer()
             .unwrap()

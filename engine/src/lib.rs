@@ -21,8 +21,7 @@ pub mod service;
 pub mod slot;
 pub mod tokenizer;
 
-#[cfg(test)]
-mod testing;
+pub mod testing;
 
 pub use config::EngineConfig;
 pub use engine::{Completion, Engine, EngineStats, Event, FinishReason, Input, Request, Usage};

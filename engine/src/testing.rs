@@ -1,4 +1,5 @@
-//! Test support shared by the engine's unit tests.
+//! Test and benchmark support: shared by the engine's unit tests, its integration tests
+//! and its benches.
 
 use std::path::PathBuf;
 

@@ -5,11 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use meridian_engine::service::WorkerService;
 use meridian_engine::slot::WorkerSlot;
+use meridian_engine::testing::real_model_path;
 use meridian_engine::{
     Engine, EngineConfig, EngineError, Event, FinishReason, Input, Request, SamplingParams,
 };
@@ -17,24 +17,8 @@ use meridian_proto::worker::v1 as pb;
 use meridian_proto::worker::v1::worker_server::Worker;
 use tokio_stream::StreamExt;
 
-fn model_path() -> PathBuf {
-    let cache = std::env::var_os("MERIDIAN_CACHE_DIR")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/meridian")
-        });
-    let path = cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/test (it runs `meridian models pull`)",
-        path.display()
-    );
-    path
-}
-
 fn engine(config: EngineConfig) -> Arc<Engine> {
-    Arc::new(Engine::load(&model_path(), &config).unwrap())
+    Arc::new(Engine::load(&real_model_path(), &config).unwrap())
 }
 
 fn greedy(input: Input, max_tokens: u32) -> Request {
@@ -193,7 +177,7 @@ fn greedy_continuations_match_llama_cpp() {
 fn greedy_with_margins(prompt: &str, n: usize) -> (Vec<u32>, Vec<f32>) {
     use meridian_engine::backend::{Backend, Batch, BatchSeq, cpu::CpuBackend};
     use meridian_engine::model::checkpoint::Checkpoint;
-    let ckpt = Checkpoint::open(&model_path()).unwrap();
+    let ckpt = Checkpoint::open(&real_model_path()).unwrap();
     let config = ckpt.config().unwrap();
     let tokenizer = ckpt.tokenizer().unwrap();
     let vocab = config.vocab_size;
@@ -447,7 +431,7 @@ const MODEL_ID: &str = "SmolLM2-135M-Instruct";
 
 /// Loads the real model into `slot` off the async threads.
 async fn load_into(slot: &Arc<WorkerSlot>) {
-    let (slot, path) = (slot.clone(), model_path());
+    let (slot, path) = (slot.clone(), real_model_path());
     tokio::task::spawn_blocking(move || slot.load(MODEL_ID, &path))
         .await
         .unwrap()
