@@ -301,59 +301,60 @@ fn main() {
     let modes: String = arg("--mode", "engine,grpc".to_string());
     for mode in modes.split(',') {
         let (engine, text) = start_engine(step);
-        match mode {
-            "engine" => {
-                let (t0, c0) = (Instant::now(), cpu_seconds());
-                let tokens = rt.block_on(drive_engine(engine, Arc::new(text), load));
-                let c1 = cpu_seconds();
-                report(
-                    mode,
-                    tokens,
-                    t0.elapsed().as_secs_f64(),
-                    (c1.0 - c0.0, c1.1 - c0.1),
-                    step,
-                );
-            }
-            "grpc" => {
-                let slot = WorkerSlot::with_engine(engine_config(), engine, MODEL_ID.into());
-                let listener = rt
-                    .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-                    .unwrap();
-                let addr = listener.local_addr().unwrap();
-                let service = WorkerServer::new(WorkerService::new(slot))
-                    .max_decoding_message_size(meridian_proto::MAX_MESSAGE_BYTES);
-                rt.spawn(
-                    tonic::transport::Server::builder()
-                        .add_service(service)
-                        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
-                            listener,
-                        )),
-                );
-                let (t0, c0) = (Instant::now(), cpu_seconds());
-                let out = std::process::Command::new(std::env::current_exe().unwrap())
-                    .args(["--client", &format!("http://{addr}")])
-                    .args(["--clients", &load.clients.to_string()])
-                    .args(["--requests", &load.requests.to_string()])
-                    .args(["--prompt", &load.prompt.to_string()])
-                    .args(["--output", &load.output.to_string()])
-                    .output()
-                    .unwrap();
-                let c1 = cpu_seconds();
-                assert!(
-                    out.status.success(),
-                    "client failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                let tokens: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-                report(
-                    mode,
-                    tokens,
-                    t0.elapsed().as_secs_f64(),
-                    (c1.0 - c0.0, c1.1 - c0.1),
-                    step,
-                );
-            }
+        let server = match mode {
+            "engine" => None,
+            "grpc" => Some(serve(&rt, engine.clone())),
             other => panic!("unknown mode {other:?} (engine, grpc)"),
-        }
+        };
+        let (t0, c0) = (Instant::now(), cpu_seconds());
+        let tokens = match server {
+            // A clone: the step thread must outlive the second reading of its CPU time.
+            None => rt.block_on(drive_engine(engine.clone(), Arc::new(text), load)),
+            Some(addr) => run_client(addr, load),
+        };
+        let c1 = cpu_seconds();
+        report(
+            mode,
+            tokens,
+            t0.elapsed().as_secs_f64(),
+            (c1.0 - c0.0, c1.1 - c0.1),
+            step,
+        );
     }
+}
+
+/// Serves `engine` through the Worker gRPC service on loopback; its address.
+fn serve(rt: &tokio::runtime::Runtime, engine: Arc<Engine>) -> std::net::SocketAddr {
+    let slot = WorkerSlot::with_engine(engine_config(), engine, MODEL_ID.into());
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = WorkerServer::new(WorkerService::new(slot))
+        .max_decoding_message_size(meridian_proto::MAX_MESSAGE_BYTES);
+    rt.spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+/// Runs `load` from a child process (this binary, `--client`) against `addr`; the
+/// tokens it received.
+fn run_client(addr: std::net::SocketAddr, load: Load) -> u64 {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--client", &format!("http://{addr}")])
+        .args(["--clients", &load.clients.to_string()])
+        .args(["--requests", &load.requests.to_string()])
+        .args(["--prompt", &load.prompt.to_string()])
+        .args(["--output", &load.output.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
