@@ -38,7 +38,7 @@ pub fn replica_rps(e: &EngineSpec, shared_prefix: u32, mean_prompt: f64, mean_ou
         .max(1.0);
     let step_us = e.step_overhead_us
         + m.base_us
-        + m.decode_us(batch)
+        + m.decode_token_us * batch
         + m.context_token_us * batch * mean_context;
     let per_request_us = mean_output * step_us / batch + own_prompt * m.prefill_token_us;
     1e6 / per_request_us.max(1e-9)

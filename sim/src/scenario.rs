@@ -188,10 +188,6 @@ pub struct EngineSpec {
     pub decode_token_us: f64,
     #[serde(default)]
     pub context_token_us: f64,
-    /// Change of the decode cost per sequence past each knot (see
-    /// [`crate::engine_model::DECODE_KNOTS`]); all zero: linear.
-    #[serde(default)]
-    pub decode_knot_us: [f64; 7],
     /// Host time between steps, microseconds (scheduling, sampling, streaming).
     #[serde(default)]
     pub step_overhead_us: f64,
@@ -212,7 +208,6 @@ impl EngineSpec {
             prefill_token_us: self.prefill_token_us,
             decode_token_us: self.decode_token_us,
             context_token_us: self.context_token_us,
-            decode_knot_us: self.decode_knot_us,
         }
     }
 }
@@ -468,13 +463,20 @@ impl Scenario {
                     ));
                 }
                 let c = e.model();
-                if !(c.is_valid() && e.step_overhead_us.is_finite() && e.step_overhead_us >= 0.0)
+                if [
+                    c.base_us,
+                    c.prefill_token_us,
+                    c.decode_token_us,
+                    c.context_token_us,
+                ]
+                .iter()
+                .chain([&e.step_overhead_us])
+                .any(|v| !(v.is_finite() && *v >= 0.0))
                     || c.base_us + c.decode_token_us + e.step_overhead_us <= 0.0
                 {
                     return bad(format!(
-                        "model {} on {kind}: engine coefficients must be non-negative (a \
-                         slope change may be negative, the decode cost per sequence may not) \
-                         and a step must take time",
+                        "model {} on {kind}: engine coefficients must be non-negative and \
+                         a step must take time",
                         m.id
                     ));
                 }

@@ -476,7 +476,7 @@ impl Worker {
             self.prefilling.push_back(p);
         }
 
-        let fixed = self.overhead_us + m.base_us + m.decode_us(f64::from(n));
+        let fixed = self.overhead_us + m.base_us + m.decode_token_us * f64::from(n);
         let seg = if prefill > 0 {
             self.prefill_tokens += u64::from(prefill);
             let shape = StepShape {
