@@ -73,7 +73,7 @@ pub struct CudaOptions {
     pub max_tokens: usize,
     /// Most sequences in one step.
     pub max_seqs: usize,
-    /// Replay decode steps as CUDA graphs.
+    /// Replay steps as CUDA graphs (one per token-count bucket).
     pub graphs: bool,
 }
 
