@@ -45,6 +45,17 @@ struct Bench<B: Backend> {
 }
 
 impl<B: Backend> Bench<B> {
+    /// A bench over `backend`, with a block manager for all its KV blocks.
+    fn new(backend: B) -> Self {
+        Self {
+            blocks: BlockManager::new(backend.num_kv_blocks(), backend.block_size()),
+            logits: Vec::new(),
+            picks: Vec::new(),
+            vocab: backend.config().vocab_size,
+            backend,
+        }
+    }
+
     /// One step's greedy tokens: picked on the device when the backend can, else the
     /// argmax of the logits it returns.
     fn greedy(&mut self, batch: &Batch<'_>) -> Vec<u32> {
@@ -180,7 +191,6 @@ fn main() {
     }
     let file = GgufFile::open(&path).expect("run `meridian models pull` first");
     let config = ModelConfig::from_gguf(&file).unwrap();
-    let vocab = config.vocab_size;
     let block_size = 16;
     let max_seqs = npl.iter().copied().max().unwrap_or(1);
     let num_blocks = max_seqs * (256usize).div_ceil(block_size) + 64;
@@ -189,13 +199,7 @@ fn main() {
         CpuBackend::load(&file, config, block_size, num_blocks, threads, &mut |_| {}).unwrap();
     let load_s = load.elapsed().as_secs_f64();
     let describe = backend.describe();
-    let mut bench = Bench {
-        backend,
-        blocks: BlockManager::new(num_blocks, block_size),
-        logits: Vec::new(),
-        picks: Vec::new(),
-        vocab,
-    };
+    let mut bench = Bench::new(backend);
     println!(
         "meridian engine: {} ({describe}), load {:.2} s",
         path.display(),
@@ -231,7 +235,6 @@ mod gpu {
             Some(name) => (ModelConfig::synthetic(name).unwrap(), Weights::Synthetic(7)),
             None => (ckpt.config().unwrap(), Weights::File(ckpt.weights())),
         };
-        let vocab = config.vocab_size;
         let block_size = 16;
         let max_seqs = npl.iter().copied().max().unwrap_or(1).max(1);
         let opts = CudaOptions {
@@ -250,14 +253,7 @@ mod gpu {
                 return;
             }
         };
-        let num_blocks = backend.num_kv_blocks();
-        let mut bench = Bench {
-            backend,
-            blocks: BlockManager::new(num_blocks, block_size),
-            logits: Vec::new(),
-            picks: Vec::new(),
-            vocab,
-        };
+        let mut bench = Bench::new(backend);
         // The first token: a one-token prompt through the whole network.
         bench.run(1, 1, 1, 2048);
         let first_token = started.elapsed().as_secs_f64();
@@ -275,7 +271,10 @@ mod gpu {
             bw / 1e9,
             bytes as f64 / 1e6
         );
-        println!("kv blocks: {num_blocks} of {block_size} tokens");
+        println!(
+            "kv blocks: {} of {block_size} tokens",
+            bench.backend.num_kv_blocks()
+        );
         bench.run(1, 32, 8, 2048); // warm-up
         let (pp, _) = bench.run(1, 512, 1, 2048);
         println!("prefill 512 tokens:        {:8.1} tok/s", 512.0 / pp);

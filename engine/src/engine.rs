@@ -549,7 +549,7 @@ struct StepLoop {
     rates: Rates,
     profile: Option<StepProfile>,
     /// The events of the step in progress, in order.
-    outbox: Vec<(UnboundedSender<Event>, Event)>,
+    outbox: Outbox,
     /// The delivering task's channel (see the module docs); `None`: deliver directly.
     dispatch: Option<UnboundedSender<Outbox>>,
 }

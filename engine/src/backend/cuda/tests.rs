@@ -597,70 +597,33 @@ fn bad_steps_are_errors() {
     let mut b = CudaBackend::load(Weights::Synthetic(3), c, &options(4), &mut |_| {}).unwrap();
     let table: Vec<BlockId> = vec![0];
     let mut logits = vec![0f32; 300];
-    let seq = |start, len, table| BatchSeq {
-        start,
-        len,
-        block_table: table,
-        logits: true,
-    };
-    let bad_token = [300u32];
-    let seqs = [seq(0, 1, &table)];
-    let e = b
-        .step(
-            &Batch {
-                tokens: &bad_token,
-                seqs: &seqs,
-            },
-            &mut logits,
-        )
-        .unwrap_err();
-    assert!(e.to_string().contains("vocabulary"), "{e}");
-    let far = [seq(16, 1, &table)];
-    let e = b
-        .step(
-            &Batch {
-                tokens: &[1],
-                seqs: &far,
-            },
-            &mut logits,
-        )
-        .unwrap_err();
-    assert!(e.to_string().contains("cannot hold"), "{e}");
-    let out_of_range: Vec<BlockId> = vec![4];
-    let seqs = [seq(0, 1, &out_of_range)];
-    let e = b
-        .step(
-            &Batch {
-                tokens: &[1],
-                seqs: &seqs,
-            },
-            &mut logits,
-        )
-        .unwrap_err();
-    assert!(e.to_string().contains("out of range"), "{e}");
-    let empty = [seq(0, 0, &table)];
-    let e = b
-        .step(
-            &Batch {
-                tokens: &[],
-                seqs: &empty,
-            },
-            &mut logits,
-        )
-        .unwrap_err();
-    assert!(e.to_string().contains("empty chunk"), "{e}");
-    let many = vec![1u32; 257];
-    let seqs = [seq(0, 257, &table)];
-    assert!(
+    // The error of a one-sequence step (a step that succeeds fails the test).
+    let mut refused = |tokens: &[u32], start: usize, len: usize, table: &[BlockId]| {
+        let seqs = [BatchSeq {
+            start,
+            len,
+            block_table: table,
+            logits: true,
+        }];
         b.step(
             &Batch {
-                tokens: &many,
-                seqs: &seqs
+                tokens,
+                seqs: &seqs,
             },
-            &mut logits
+            &mut logits,
         )
-        .is_err()
-    );
+        .unwrap_err()
+        .to_string()
+    };
+    let e = refused(&[300], 0, 1, &table);
+    assert!(e.contains("vocabulary"), "{e}");
+    let e = refused(&[1], 16, 1, &table);
+    assert!(e.contains("cannot hold"), "{e}");
+    let e = refused(&[1], 0, 1, &[4]);
+    assert!(e.contains("out of range"), "{e}");
+    let e = refused(&[], 0, 0, &table);
+    assert!(e.contains("empty chunk"), "{e}");
+    refused(&[1; 257], 0, 257, &table);
 }
 
 /// The two best ids of a row and the margin between them.
