@@ -21,6 +21,26 @@ pub fn init_tracing(json: bool) {
     };
 }
 
+/// Ends the process quietly, with the status a shell gives a command killed by SIGPIPE
+/// (141), when printing to stdout fails because the reader went away
+/// (`meridian sim fit ... | head -1`). Rust ignores SIGPIPE, so `println!` panics on a
+/// closed pipe instead; every other panic goes to the default hook.
+pub fn exit_quietly_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 /// Installs the global metrics recorder. With `listen`, the exporter also serves the
 /// exposition over HTTP there (`/metrics`), for roles without an HTTP server of their
 /// own; the handle renders the same registry for roles that have one (the router).

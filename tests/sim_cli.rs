@@ -13,10 +13,9 @@ fn meridian(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-#[test]
-fn fits_a_profile_and_refuses_a_broken_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let good = dir.path().join("steps.csv");
+/// A step profile of 100 steps with known costs, written into `dir`.
+fn write_profile(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("steps.csv");
     let mut text = String::from(
         "unix_us,sequences,prefill_sequences,prefill_tokens,decode_tokens,context_tokens,step_us\n",
     );
@@ -25,7 +24,14 @@ fn fits_a_profile_and_refuses_a_broken_one() {
         let us = 2000 + 700 * pre + 300 * dec + 3 * ctx;
         text.push_str(&format!("{i},1,1,{pre},{dec},{ctx},{us}\n"));
     }
-    std::fs::write(&good, text).unwrap();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn fits_a_profile_and_refuses_a_broken_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_profile(dir.path());
     let out_file = dir.path().join("model.toml");
     let out = meridian(&[
         "sim",
@@ -54,6 +60,24 @@ fn fits_a_profile_and_refuses_a_broken_one() {
     let out = meridian(&["sim", "fit", "--profile", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 3"));
+}
+
+#[test]
+fn a_reader_gone_from_stdout_ends_the_command_quietly() {
+    // `meridian sim fit ... | head -0`: the pipe's read end is closed before it prints.
+    let dir = tempfile::tempdir().unwrap();
+    let profile = write_profile(dir.path());
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["sim", "fit", "--profile", profile.to_str().unwrap()])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The status a shell gives a command killed by SIGPIPE, and no panic message.
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 const SCENARIO: &str = r#"

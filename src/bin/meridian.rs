@@ -233,6 +233,7 @@ enum PlacementCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init_tracing(cli.log_json);
+    telemetry::exit_quietly_on_broken_pipe();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if let Command::Worker(args) = &cli.command {

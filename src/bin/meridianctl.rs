@@ -126,6 +126,7 @@ enum RouteCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    meridian::telemetry::exit_quietly_on_broken_pipe();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
