@@ -585,8 +585,8 @@ struct StepProfile {
 
 impl StepProfile {
     /// The columns, in order.
-    const HEADER: &'static str =
-        "unix_us,sequences,prefill_sequences,prefill_tokens,decode_tokens,context_tokens,step_us";
+    const HEADER: &'static str = "unix_us,sequences,prefill_sequences,prefill_tokens,\
+        decode_tokens,context_tokens,step_us,prefill_attention";
 
     fn open(path: &std::path::Path) -> std::io::Result<Self> {
         use std::io::Write;
@@ -605,6 +605,8 @@ impl StepProfile {
     fn record(&mut self, plan: &StepPlan, took: Duration) -> std::io::Result<()> {
         use std::io::Write;
         let (mut prefill_seqs, mut prefill, mut decode, mut context) = (0, 0, 0, 0);
+        // Query-key pairs of the prompt tokens: the token at position p attends p + 1.
+        let mut attention = 0;
         for c in &plan.chunks {
             // A one-token chunk that returns logits is a decode step of its sequence.
             if c.len == 1 && c.logits && c.start > 0 {
@@ -612,6 +614,7 @@ impl StepProfile {
             } else {
                 prefill_seqs += 1;
                 prefill += c.len;
+                attention += c.len * c.start + c.len * (c.len + 1) / 2;
             }
             context += c.start + c.len;
         }
@@ -620,7 +623,7 @@ impl StepProfile {
             .map_or(0, |d| d.as_micros());
         writeln!(
             self.out,
-            "{unix_us},{},{prefill_seqs},{prefill},{decode},{context},{}",
+            "{unix_us},{},{prefill_seqs},{prefill},{decode},{context},{},{attention}",
             plan.chunks.len(),
             took.as_micros()
         )

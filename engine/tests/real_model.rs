@@ -327,7 +327,7 @@ fn the_step_profile_records_every_step() {
     assert_eq!(
         lines.next(),
         Some(
-            "unix_us,sequences,prefill_sequences,prefill_tokens,decode_tokens,context_tokens,step_us"
+            "unix_us,sequences,prefill_sequences,prefill_tokens,decode_tokens,context_tokens,step_us,prefill_attention"
         )
     );
     let rows: Vec<Vec<u64>> = lines
@@ -340,6 +340,11 @@ fn the_step_profile_records_every_step() {
     assert!(rows.iter().filter(|r| r[3] > 0).count() >= 2, "{csv}");
     assert_eq!(decode, u64::from(done.usage.completion_tokens) - 1, "{csv}");
     assert!(rows.iter().all(|r| r[6] > 0 && r[1] == 1));
+    // The prompt's query-key pairs over its chunks: position p attends p + 1 tokens.
+    let prompt = u64::from(done.usage.prompt_tokens);
+    let attention: u64 = rows.iter().map(|r| r[7]).sum();
+    assert_eq!(attention, prompt * (prompt + 1) / 2, "{csv}");
+    assert!(rows.iter().all(|r| (r[3] == 0) == (r[7] == 0)), "{csv}");
 }
 
 #[test]

@@ -3,10 +3,13 @@
 //! (`engine.step_profile`, one CSV line per step).
 //!
 //! `step_us = base + prefill_token * prefill_tokens + decode_token * decode_tokens +
-//! context_token * context_tokens`: a fixed cost per step (reading the weights once),
-//! a cost per computed token (matrix products), and a cost per token of attention
-//! context (reading the KV cache). The same four terms describe a CPU and a GPU engine
-//! with different coefficients.
+//! context_token * context_tokens + prefill_attention * prefill_attention`: a fixed cost
+//! per step (reading the weights once), a cost per computed token (matrix products), a
+//! cost per token of attention context (reading the KV cache), and a cost per query-key
+//! pair of the prompt tokens computed (a chunk of `n` tokens from position `p` attends
+//! `n * p + n * (n + 1) / 2` positions: prefill attention grows with the square of the
+//! prompt, which a cost per prompt token alone charges to short prompts). The same terms
+//! describe a CPU and a GPU engine with different coefficients.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +24,15 @@ pub struct StepShape {
     pub decode_tokens: f64,
     /// Tokens of attention context over the batch's sequences.
     pub context_tokens: f64,
+    /// Query-key pairs of the prompt tokens computed: the positions each attends.
+    pub prefill_attention: f64,
+}
+
+impl StepShape {
+    /// Query-key pairs of a prefill chunk of `len` tokens from position `start`.
+    pub fn chunk_attention(start: u64, len: u64) -> f64 {
+        (len * start + len * (len + 1) / 2) as f64
+    }
 }
 
 /// Coefficients of the step-time model, microseconds.
@@ -30,7 +42,13 @@ pub struct EngineModel {
     pub prefill_token_us: f64,
     pub decode_token_us: f64,
     pub context_token_us: f64,
+    /// Absent from models fitted before the term existed.
+    #[serde(default)]
+    pub prefill_attention_us: f64,
 }
+
+/// The number of terms of the model.
+const TERMS: usize = 5;
 
 /// How well a fit explains the profile it came from.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -51,14 +69,16 @@ impl EngineModel {
             + self.prefill_token_us * s.prefill_tokens
             + self.decode_token_us * s.decode_tokens
             + self.context_token_us * s.context_tokens
+            + self.prefill_attention_us * s.prefill_attention
     }
 
-    fn from_vec(c: [f64; 4]) -> Self {
+    fn from_vec(c: [f64; TERMS]) -> Self {
         Self {
             base_us: c[0],
             prefill_token_us: c[1],
             decode_token_us: c[2],
             context_token_us: c[3],
+            prefill_attention_us: c[4],
         }
     }
 
@@ -70,15 +90,23 @@ impl EngineModel {
                 samples.len()
             )));
         }
-        let row = |s: &StepShape| [1.0, s.prefill_tokens, s.decode_tokens, s.context_tokens];
+        let row = |s: &StepShape| {
+            [
+                1.0,
+                s.prefill_tokens,
+                s.decode_tokens,
+                s.context_tokens,
+                s.prefill_attention,
+            ]
+        };
         // Normal equations, A^T A c = A^T y.
-        let mut ata = [[0.0f64; 4]; 4];
-        let mut aty = [0.0f64; 4];
+        let mut ata = [[0.0f64; TERMS]; TERMS];
+        let mut aty = [0.0f64; TERMS];
         for (shape, y) in samples {
             let r = row(shape);
-            for i in 0..4 {
+            for i in 0..TERMS {
                 aty[i] += r[i] * y;
-                for j in 0..4 {
+                for j in 0..TERMS {
                     ata[i][j] += r[i] * r[j];
                 }
             }
@@ -86,16 +114,16 @@ impl EngineModel {
         // Non-negative least squares, exactly, by trying every subset of terms: a cost
         // per token cannot be negative, and a negative fit (from collinear terms, e.g. a
         // profile where every decode step has one sequence) would extrapolate badly.
-        let ssr = |c: &[f64; 4]| -> f64 {
+        let ssr = |c: &[f64; TERMS]| -> f64 {
             let m = Self::from_vec(*c);
             samples
                 .iter()
                 .map(|(s, y)| (m.step_us(s) - y).powi(2))
                 .sum()
         };
-        let mut best: Option<([f64; 4], f64)> = None;
-        for mask in 1u32..16 {
-            let keep: Vec<usize> = (0..4).filter(|i| mask & (1 << i) != 0).collect();
+        let mut best: Option<([f64; TERMS], f64)> = None;
+        for mask in 1u32..(1 << TERMS) {
+            let keep: Vec<usize> = (0..TERMS).filter(|i| mask & (1 << i) != 0).collect();
             let n = keep.len();
             let mut m = vec![vec![0.0f64; n + 1]; n];
             for (a, &i) in keep.iter().enumerate() {
@@ -110,7 +138,7 @@ impl EngineModel {
             if solved.iter().any(|v| !v.is_finite() || *v < 0.0) {
                 continue;
             }
-            let mut c = [0.0; 4];
+            let mut c = [0.0; TERMS];
             for (a, &i) in keep.iter().enumerate() {
                 c[i] = solved[a];
             }
@@ -157,7 +185,7 @@ impl EngineModel {
 }
 
 /// Gaussian elimination with partial pivoting on an augmented `n x (n+1)` matrix. A
-/// 4x4 system does not justify a linear-algebra dependency.
+/// 5x5 system does not justify a linear-algebra dependency.
 fn solve(mut m: Vec<Vec<f64>>) -> Option<Vec<f64>> {
     let n = m.len();
     for col in 0..n {
@@ -181,6 +209,8 @@ fn solve(mut m: Vec<Vec<f64>>) -> Option<Vec<f64>> {
 
 /// Parses a step profile (the engine's CSV, header first) into fit samples. Lines
 /// with a different number of fields or unparsable numbers are errors naming the line.
+/// A profile without the `prefill_attention` column (recorded before it existed) reads
+/// as zero there, and the fit leaves that term out.
 pub fn parse_profile(text: &str) -> Result<Vec<(StepShape, f64)>, SimError> {
     let mut lines = text.lines().enumerate();
     let header: Vec<&str> = match lines.next() {
@@ -199,6 +229,7 @@ pub fn parse_profile(text: &str) -> Result<Vec<(StepShape, f64)>, SimError> {
         col("context_tokens")?,
         col("step_us")?,
     );
+    let attention = header.iter().position(|h| *h == "prefill_attention");
     let mut out = Vec::new();
     for (i, line) in lines {
         if line.trim().is_empty() {
@@ -227,6 +258,7 @@ pub fn parse_profile(text: &str) -> Result<Vec<(StepShape, f64)>, SimError> {
                 prefill_tokens: num(pre)?,
                 decode_tokens: num(dec)?,
                 context_tokens: num(ctx)?,
+                prefill_attention: attention.map(num).transpose()?.unwrap_or(0.0),
             },
             num(us)?,
         ));
@@ -280,22 +312,28 @@ mod tests {
             prefill_token_us: 900.0,
             decode_token_us: 450.0,
             context_token_us: 2.5,
+            prefill_attention_us: 1.2,
         };
         let mut text = String::from(
-            "unix_us,sequences,prefill_sequences,prefill_tokens,decode_tokens,context_tokens,step_us\n",
+            "unix_us,sequences,prefill_sequences,prefill_tokens,decode_tokens,context_tokens,prefill_attention,step_us\n",
         );
         // A deterministic spread of batch shapes with +-3% "noise".
         for i in 0..400u64 {
+            let chunk = ((i * 37) % 512) * u64::from(i % 3 == 0);
             let shape = StepShape {
-                prefill_tokens: ((i * 37) % 512) as f64 * f64::from(u8::from(i % 3 == 0)),
+                prefill_tokens: chunk as f64,
                 decode_tokens: ((i * 13) % 64) as f64,
                 context_tokens: ((i * 101) % 8000) as f64,
+                prefill_attention: StepShape::chunk_attention((i * 53) % 1024, chunk),
             };
             let noise = 1.0 + 0.03 * (((i * 7919) % 200) as f64 / 100.0 - 1.0);
             let us = truth.step_us(&shape) * noise;
             text.push_str(&format!(
-                "{i},1,1,{},{},{},{us:.0}\n",
-                shape.prefill_tokens, shape.decode_tokens, shape.context_tokens
+                "{i},1,1,{},{},{},{},{us:.0}\n",
+                shape.prefill_tokens,
+                shape.decode_tokens,
+                shape.context_tokens,
+                shape.prefill_attention
             ));
         }
         let samples = parse_profile(&text).unwrap();
@@ -310,6 +348,10 @@ mod tests {
         );
         assert!(
             (fit.context_token_us / truth.context_token_us - 1.0).abs() < 0.10,
+            "{fit:?}"
+        );
+        assert!(
+            (fit.prefill_attention_us / truth.prefill_attention_us - 1.0).abs() < 0.05,
             "{fit:?}"
         );
         assert!(
@@ -354,15 +396,35 @@ mod tests {
         let samples: Vec<(StepShape, f64)> = (0..50)
             .map(|i| {
                 let s = StepShape {
-                    prefill_tokens: 0.0,
                     decode_tokens: f64::from(i % 8 + 1),
                     context_tokens: f64::from(i * 40),
+                    ..StepShape::default()
                 };
                 (s, 1000.0 + 300.0 * s.decode_tokens + 1.5 * s.context_tokens)
             })
             .collect();
         let (fit, _) = EngineModel::fit(&samples).unwrap();
         assert_eq!(fit.prefill_token_us, 0.0);
+        assert_eq!(fit.prefill_attention_us, 0.0);
         assert!((fit.decode_token_us - 300.0).abs() < 1e-6, "{fit:?}");
+    }
+
+    #[test]
+    fn a_profile_without_the_attention_column_reads_as_zero_there() {
+        let text = "prefill_tokens,decode_tokens,context_tokens,step_us\n10,2,30,4000\n";
+        let samples = parse_profile(text).unwrap();
+        assert_eq!(samples[0].0.prefill_attention, 0.0);
+        assert_eq!(samples[0].0.prefill_tokens, 10.0);
+        assert_eq!(samples[0].1, 4000.0);
+    }
+
+    #[test]
+    fn chunk_attention_counts_the_positions_each_token_attends() {
+        // Tokens at positions 0, 1, 2 attend 1, 2 and 3 positions.
+        assert_eq!(StepShape::chunk_attention(0, 3), 6.0);
+        // Two tokens after a 10-token prefix: 11 + 12.
+        assert_eq!(StepShape::chunk_attention(10, 2), 23.0);
+        // A decode token at position 10 would attend 11, the context.
+        assert_eq!(StepShape::chunk_attention(10, 1), 11.0);
     }
 }

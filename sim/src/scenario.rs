@@ -188,6 +188,9 @@ pub struct EngineSpec {
     pub decode_token_us: f64,
     #[serde(default)]
     pub context_token_us: f64,
+    /// Per query-key pair of the prompt tokens a step computes.
+    #[serde(default)]
+    pub prefill_attention_us: f64,
     /// Host time between steps, microseconds (scheduling, sampling, streaming).
     #[serde(default)]
     pub step_overhead_us: f64,
@@ -208,6 +211,7 @@ impl EngineSpec {
             prefill_token_us: self.prefill_token_us,
             decode_token_us: self.decode_token_us,
             context_token_us: self.context_token_us,
+            prefill_attention_us: self.prefill_attention_us,
         }
     }
 }
@@ -468,6 +472,7 @@ impl Scenario {
                     c.prefill_token_us,
                     c.decode_token_us,
                     c.context_token_us,
+                    c.prefill_attention_us,
                 ]
                 .iter()
                 .chain([&e.step_overhead_us])

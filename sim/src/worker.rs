@@ -426,6 +426,7 @@ impl Worker {
         let mut budget = self.max_batch_tokens.saturating_sub(n);
         let mut prefill = 0u32;
         let mut prefill_context = 0f64;
+        let mut prefill_attention = 0f64;
 
         // Prefill chunks: admitted prompts first, then new ones while room lasts.
         let mut free_blocks = self.kv_blocks.saturating_sub(self.blocks_at(s, 0));
@@ -440,6 +441,7 @@ impl Worker {
             }
             free_blocks -= u64::from(take).div_ceil(bs).min(free_blocks);
             p.remaining -= take;
+            prefill_attention += StepShape::chunk_attention(p.context.into(), take.into());
             p.context += take;
             self.prefill_kv += u64::from(take);
             budget -= take;
@@ -468,6 +470,7 @@ impl Worker {
             p.order = self.next_order;
             self.next_order += 1;
             p.remaining -= take;
+            prefill_attention += StepShape::chunk_attention(p.context.into(), take.into());
             p.context += take;
             self.prefill_kv += u64::from(take);
             budget -= take;
@@ -483,6 +486,7 @@ impl Worker {
                 prefill_tokens: f64::from(prefill),
                 decode_tokens: f64::from(n),
                 context_tokens: decode_context + prefill_context,
+                prefill_attention,
             };
             Segment {
                 start_us: now_us,

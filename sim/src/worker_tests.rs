@@ -10,6 +10,7 @@ use super::*;
 fn spec(max_running: u32, max_batch_tokens: u32, kv_blocks: u32) -> EngineSpec {
     toml::from_str(&format!(
         "base_us = 900\nprefill_token_us = 7\ndecode_token_us = 40\ncontext_token_us = 0.3\n\
+         prefill_attention_us = 0.02\n\
          step_overhead_us = 50\nmax_running = {max_running}\n\
          max_batch_tokens = {max_batch_tokens}\nkv_blocks = {kv_blocks}\nblock_size = 16\n"
     ))
@@ -61,6 +62,8 @@ fn reference(spec: &EngineSpec, jobs: &[(f64, u32, u32)]) -> (Vec<(f64, f64)>, u
                 shape.decode_tokens += 1.0;
             } else {
                 shape.prefill_tokens += c.len as f64;
+                shape.prefill_attention +=
+                    crate::engine_model::StepShape::chunk_attention(c.start as u64, c.len as u64);
             }
             shape.context_tokens += (c.start + c.len) as f64;
         }
