@@ -605,7 +605,6 @@ impl StepProfile {
     fn record(&mut self, plan: &StepPlan, took: Duration) -> std::io::Result<()> {
         use std::io::Write;
         let (mut prefill_seqs, mut prefill, mut decode, mut context) = (0, 0, 0, 0);
-        // Query-key pairs of the prompt tokens: the token at position p attends p + 1.
         let mut attention = 0;
         for c in &plan.chunks {
             // A one-token chunk that returns logits is a decode step of its sequence.
@@ -614,7 +613,7 @@ impl StepProfile {
             } else {
                 prefill_seqs += 1;
                 prefill += c.len;
-                attention += c.len * c.start + c.len * (c.len + 1) / 2;
+                attention += crate::scheduler::attention_pairs(c.start, c.len);
             }
             context += c.start + c.len;
         }

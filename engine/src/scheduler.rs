@@ -36,6 +36,13 @@ pub struct Chunk {
     pub logits: bool,
 }
 
+/// Query-key pairs a chunk of `len` prompt tokens from position `start` computes: the
+/// token at position `p` attends `p + 1` positions. What the step profile records and
+/// the simulator's engine model charges prefill attention by.
+pub fn attention_pairs(start: usize, len: usize) -> usize {
+    len * start + len * (len + 1) / 2
+}
+
 /// The work of one step.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StepPlan {

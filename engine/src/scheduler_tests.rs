@@ -206,3 +206,14 @@ proptest! {
         prop_assert_eq!(s.blocks().available_blocks(), blocks);
     }
 }
+
+#[test]
+fn attention_pairs_count_the_positions_each_token_attends() {
+    // Tokens at positions 0, 1, 2 attend 1, 2 and 3 positions.
+    assert_eq!(attention_pairs(0, 3), 6);
+    // Two tokens after a 10-token prefix: 11 + 12.
+    assert_eq!(attention_pairs(10, 2), 23);
+    // One token at position 10 attends 11, the context.
+    assert_eq!(attention_pairs(10, 1), 11);
+    assert_eq!(attention_pairs(7, 0), 0);
+}

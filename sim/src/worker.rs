@@ -441,7 +441,7 @@ impl Worker {
             }
             free_blocks -= u64::from(take).div_ceil(bs).min(free_blocks);
             p.remaining -= take;
-            prefill_attention += StepShape::chunk_attention(p.context.into(), take.into());
+            prefill_attention += StepShape::chunk_attention(p.context, take);
             p.context += take;
             self.prefill_kv += u64::from(take);
             budget -= take;
@@ -470,7 +470,7 @@ impl Worker {
             p.order = self.next_order;
             self.next_order += 1;
             p.remaining -= take;
-            prefill_attention += StepShape::chunk_attention(p.context.into(), take.into());
+            prefill_attention += StepShape::chunk_attention(p.context, take);
             p.context += take;
             self.prefill_kv += u64::from(take);
             budget -= take;

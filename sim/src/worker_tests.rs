@@ -63,7 +63,7 @@ fn reference(spec: &EngineSpec, jobs: &[(f64, u32, u32)]) -> (Vec<(f64, f64)>, u
             } else {
                 shape.prefill_tokens += c.len as f64;
                 shape.prefill_attention +=
-                    crate::engine_model::StepShape::chunk_attention(c.start as u64, c.len as u64);
+                    meridian_engine::scheduler::attention_pairs(c.start, c.len) as f64;
             }
             shape.context_tokens += (c.start + c.len) as f64;
         }
