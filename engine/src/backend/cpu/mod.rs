@@ -7,6 +7,7 @@
 //! quantized, with f64 sums. Slower, and for checking other backends against, not for
 //! serving.
 
+mod kv_memory;
 pub mod matmul;
 pub mod ops;
 #[cfg(test)]
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use self::kv_memory::KvMemory;
 pub use self::matmul::Activations;
 use self::matmul::{QMatrix, QuantizedActs};
 use self::ops::{KvLayer, Rope};
@@ -169,9 +171,8 @@ pub struct CpuBackend {
     rope: Rope,
     block_size: usize,
     num_blocks: usize,
-    /// Per layer: `[block][kv_head][slot][head_dim]`, half-precision bits.
-    k_cache: Vec<Vec<u16>>,
-    v_cache: Vec<Vec<u16>>,
+    /// Per layer, K and V: `[block][kv_head][slot][head_dim]`, half-precision bits.
+    kv: KvMemory,
     pool: Arc<rayon::ThreadPool>,
     threads: usize,
     scratch: Scratch,
@@ -300,12 +301,12 @@ impl CpuBackend {
         Ok(Self {
             rope: Rope::new(config.head_dim, config.rope_theta, config.rope_style),
             output_norm: f32_tensor(file, "output_norm.weight", d)?,
-            k_cache: (0..config.n_layers)
-                .map(|_| vec![0u16; per_layer])
-                .collect(),
-            v_cache: (0..config.n_layers)
-                .map(|_| vec![0u16; per_layer])
-                .collect(),
+            kv: KvMemory::new(config.n_layers, per_layer).map_err(|e| {
+                EngineError::Config(format!(
+                    "cannot map {num_blocks} KV blocks ({} MiB): {e}",
+                    (2 * config.n_layers * per_layer * 2) >> 20
+                ))
+            })?,
             config,
             embed,
             output,
@@ -363,9 +364,14 @@ impl Backend for CpuBackend {
     fn describe(&self) -> String {
         match self.activations() {
             Activations::Q8 => format!(
-                "cpu ({} threads, {})",
+                "cpu ({} threads, {}, KV on {} pages)",
                 self.threads,
-                matmul::Kernel::detect().name()
+                matmul::Kernel::detect().name(),
+                if self.kv.huge_pages() {
+                    "huge"
+                } else {
+                    "small"
+                }
             ),
             // The portable exact kernel runs every product, the detected one none.
             Activations::F32 => format!(
@@ -471,7 +477,7 @@ impl CpuBackend {
                 .apply(&s.acts, n, &mut s.qkv[..n * qkv_w], &mut s.tmp, &self.pool);
 
             // Biases, RoPE, and K/V into their cache slots.
-            let (k_cache, v_cache) = (&mut self.k_cache[li], &mut self.v_cache[li]);
+            let (k_cache, v_cache) = self.kv.layer_mut(li);
             for t in 0..n {
                 let r = &mut s.qkv[t * qkv_w..(t + 1) * qkv_w];
                 if let Some(b) = &layer.qkv_bias {

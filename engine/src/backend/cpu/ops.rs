@@ -169,6 +169,16 @@ fn attend_with(
         let base = kv.offset(block as usize, kv_head);
         let keys = &kv.k[base..base + n * hd];
         let values = &kv.v[base..base + n * hd];
+        // The next block is anywhere in the cache (blocks are handed out least recently
+        // used first): ask for it while this one computes.
+        if let Some(&next) = block_table.get(b + 1)
+            && first + bs < n_ctx
+        {
+            let n_next = (n_ctx - first - bs).min(bs);
+            let base = kv.offset(next as usize, kv_head);
+            prefetch(&kv.k[base..base + n_next * hd]);
+            prefetch(&kv.v[base..base + n_next * hd]);
+        }
         for h in 0..n_q {
             let qh = &q[h * hd..(h + 1) * hd];
             let mut block_max = f32::NEG_INFINITY;
@@ -198,6 +208,25 @@ fn attend_with(
             *o *= inv;
         }
     }
+}
+
+/// Asks for `data`'s cache lines ahead of use: only a hint, no fault and no effect on
+/// results.
+#[inline(always)]
+fn prefetch(data: &[u16]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in data.chunks(32) {
+        // SAFETY: `prefetcht0` of an address inside `data`; it cannot fault and needs
+        // only SSE, which every x86-64 CPU has.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
 }
 
 #[cfg(target_arch = "x86_64")]
