@@ -17,10 +17,19 @@
 //! in the file format: `w_unserved * sum(u) + w_gpu * sum(x * gpus_per_replica * cost) +
 //! w_move * sum(t)`.
 //!
+//! The LP bound adds, as cutting planes, the facility-location inequalities
+//! `f[d,s] <= rps_d * sum_k x[m,s,k]`: no flow to a site without a replica, else at
+//! most the entry's rate. Every integer plan keeps them (one replica or more admits the
+//! whole rate), so the bound stays a bound; without them the relaxation serves a small
+//! entry from a sliver of a replica, and tail models held in several regions cost it a
+//! fraction of what any plan pays. The relaxation is solved, the violated inequalities
+//! are added, and again, until none is violated: all of them at once are a row per
+//! flow (hundreds of thousands at fleet scale), most never binding.
+//!
 //! The plan returned keeps the MILP's placement and takes the routing from
 //! [`super::best_routing`], so its objective is computed exactly as every other plan's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use good_lp::solvers::highs::highs;
 use good_lp::{
@@ -83,11 +92,15 @@ struct Program {
     vars: good_lp::ProblemVariables,
     /// (cell, variable) for every allowed (model, site, kind).
     x: Vec<(usize, Variable)>,
+    /// (entry, site, variable) for every flow.
+    flows: Vec<(usize, usize, Variable)>,
     objective: Expression,
     rows: Vec<good_lp::Constraint>,
 }
 
-fn build(p: &Problem, integer: bool) -> Program {
+/// The program; `cuts`: the (entry, site) pairs whose flow gets a facility-location
+/// inequality (see the module docs).
+fn build(p: &Problem, integer: bool, cuts: &HashSet<(usize, usize)>) -> Program {
     let mut vars = variables!();
     let (nk, ns) = (p.kinds.len(), p.sites.len());
     let mut x: Vec<(usize, Variable)> = Vec::new();
@@ -152,11 +165,22 @@ fn build(p: &Problem, integer: bool) -> Program {
     }
     // Routing: flows per (entry, eligible site); capacity per (model, site).
     let mut served_at: HashMap<(usize, usize), Expression> = HashMap::new();
-    for entry in &p.entries {
+    let mut flows = Vec::new();
+    for (d, entry) in p.entries.iter().enumerate() {
         let mut routed = Expression::from(0.0);
         for &(s, _) in &entry.eligible {
             let f = vars.add(variable().min(0.0).max(entry.rps));
             routed += f;
+            flows.push((d, s, f));
+            if cuts.contains(&(d, s)) {
+                let mut replicas = Expression::from(0.0);
+                for k in 0..nk {
+                    if let Some(&v) = x_at.get(&p.cell(entry.model, s, k)) {
+                        replicas += v;
+                    }
+                }
+                rows.push(constraint!(f <= entry.rps * replicas));
+            }
             *served_at
                 .entry((entry.model, s))
                 .or_insert_with(|| Expression::from(0.0)) += f;
@@ -230,6 +254,7 @@ fn build(p: &Problem, integer: bool) -> Program {
     Program {
         vars,
         x,
+        flows,
         objective,
         rows,
     }
@@ -238,7 +263,7 @@ fn build(p: &Problem, integer: bool) -> Program {
 /// Solves `instance` exactly (to `options.mip_rel_gap`, within the time limit).
 pub fn solve_exact(instance: &Instance, options: &ExactOptions) -> Result<ExactPlan, ExactError> {
     let p = Problem::compile(instance)?;
-    let program = build(&p, true);
+    let program = build(&p, true, &HashSet::new());
     let mut model = program
         .vars
         .minimise(program.objective.clone())
@@ -293,24 +318,99 @@ pub fn solve_exact(instance: &Instance, options: &ExactOptions) -> Result<ExactP
     })
 }
 
-/// The LP relaxation's optimum: no plan of `instance` has a smaller objective.
-pub fn lp_bound(instance: &Instance, time_limit_s: f64) -> Result<f64, ExactError> {
+/// A lower bound on every plan's objective: the LP relaxation's optimum, tightened by
+/// rounds of facility-location cuts (module docs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LpBound {
+    /// The bound after the last round.
+    pub bound: f64,
+    /// The plain relaxation's optimum (the first round, before any cut).
+    pub plain: f64,
+    /// Rounds solved, the first included.
+    pub rounds: usize,
+    /// Inequalities added over all rounds.
+    pub cuts: usize,
+    /// Whether the last round found none violated (else `max_rounds` stopped it; the
+    /// bound holds either way).
+    pub converged: bool,
+}
+
+/// The LP relaxation of `instance`, then up to `max_rounds - 1` more rounds with the
+/// violated facility-location inequalities added; `time_limit_s` is per round.
+pub fn lp_bound(
+    instance: &Instance,
+    time_limit_s: f64,
+    max_rounds: usize,
+) -> Result<LpBound, ExactError> {
+    lp_bound_with(instance, time_limit_s, max_rounds, |_| {})
+}
+
+/// As [`lp_bound`], calling `on_round` with the figures so far after each round (a
+/// round at fleet scale takes minutes).
+pub fn lp_bound_with(
+    instance: &Instance,
+    time_limit_s: f64,
+    max_rounds: usize,
+    mut on_round: impl FnMut(&LpBound),
+) -> Result<LpBound, ExactError> {
     let p = Problem::compile(instance)?;
-    let program = build(&p, false);
-    let mut model = program
-        .vars
-        .minimise(program.objective.clone())
-        .using(highs)
-        .with_time_limit(time_limit_s);
-    for row in program.rows {
-        model.add_constraint(row);
+    let mut cuts: HashSet<(usize, usize)> = HashSet::new();
+    let mut out = LpBound {
+        bound: f64::NEG_INFINITY,
+        plain: f64::NEG_INFINITY,
+        rounds: 0,
+        cuts: 0,
+        converged: false,
+    };
+    while out.rounds < max_rounds.max(1) {
+        let program = build(&p, false, &cuts);
+        let mut model = program
+            .vars
+            .minimise(program.objective.clone())
+            .using(highs)
+            .with_time_limit(time_limit_s);
+        for row in program.rows {
+            model.add_constraint(row);
+        }
+        let solution = model.solve()?;
+        if !matches!(solution.status(), SolutionStatus::Optimal) {
+            return Err(ExactError::Solver(format!(
+                "the LP relaxation stopped early ({:?}) in round {}: no proven bound",
+                solution.status(),
+                out.rounds + 1
+            )));
+        }
+        let value = solution.eval(&program.objective);
+        if out.rounds == 0 {
+            out.plain = value;
+        }
+        // A round has more rows than the one before, so its optimum is no lower; keep
+        // the largest against solver tolerances.
+        out.bound = out.bound.max(value);
+        out.rounds += 1;
+        let mut replicas: HashMap<(usize, usize), f64> = HashMap::new();
+        for &(cell, v) in &program.x {
+            let (nk, ns) = (p.kinds.len(), p.sites.len());
+            *replicas
+                .entry((cell / (nk * ns), (cell / nk) % ns))
+                .or_default() += solution.value(v);
+        }
+        let mut added = 0;
+        for &(d, s, f) in &program.flows {
+            let entry = &p.entries[d];
+            let open = replicas.get(&(entry.model, s)).copied().unwrap_or(0.0);
+            if solution.value(f) > entry.rps * open + 1e-6 * entry.rps.max(1.0)
+                && cuts.insert((d, s))
+            {
+                added += 1;
+            }
+        }
+        out.cuts += added;
+        out.converged = added == 0;
+        on_round(&out);
+        if out.converged {
+            break;
+        }
     }
-    let solution = model.solve()?;
-    if !matches!(solution.status(), SolutionStatus::Optimal) {
-        return Err(ExactError::Solver(format!(
-            "the LP relaxation stopped early ({:?}): no proven bound",
-            solution.status()
-        )));
-    }
-    Ok(solution.eval(&program.objective))
+    Ok(out)
 }
