@@ -169,15 +169,11 @@ fn attend_with(
         let base = kv.offset(block as usize, kv_head);
         let keys = &kv.k[base..base + n * hd];
         let values = &kv.v[base..base + n * hd];
-        // The next block is anywhere in the cache (blocks are handed out least recently
-        // used first): ask for it while this one computes.
-        if let Some(&next) = block_table.get(b + 1)
-            && first + bs < n_ctx
-        {
-            let n_next = (n_ctx - first - bs).min(bs);
-            let base = kv.offset(next as usize, kv_head);
-            prefetch(&kv.k[base..base + n_next * hd]);
-            prefetch(&kv.v[base..base + n_next * hd]);
+        // The blocks ahead are anywhere in the cache (blocks are handed out least
+        // recently used first): ask for them while this one computes.
+        let ahead = if b == 0 { 1 } else { PREFETCH_AHEAD };
+        for a in ahead..=PREFETCH_AHEAD {
+            prefetch_block(kv, block_table, kv_head, b + a, n_ctx);
         }
         for h in 0..n_q {
             let qh = &q[h * hd..(h + 1) * hd];
@@ -208,6 +204,31 @@ fn attend_with(
             *o *= inv;
         }
     }
+}
+
+/// How many blocks ahead attention prefetches.
+const PREFETCH_AHEAD: usize = 2;
+
+/// Prefetches block `b` of a sequence (its first `n_ctx` positions) for `kv_head`.
+#[inline(always)]
+fn prefetch_block(
+    kv: &KvLayer<'_>,
+    block_table: &[crate::kv::BlockId],
+    kv_head: usize,
+    b: usize,
+    n_ctx: usize,
+) {
+    let first = b * kv.block_size;
+    let Some(&block) = block_table.get(b) else {
+        return;
+    };
+    if first >= n_ctx {
+        return;
+    }
+    let len = (n_ctx - first).min(kv.block_size) * kv.head_dim;
+    let base = kv.offset(block as usize, kv_head);
+    prefetch(&kv.k[base..base + len]);
+    prefetch(&kv.v[base..base + len]);
 }
 
 /// Asks for `data`'s cache lines ahead of use: only a hint, no fault and no effect on
