@@ -173,12 +173,7 @@ fn build(p: &Problem, integer: bool, cuts: &HashSet<(usize, usize)>) -> Program 
             routed += f;
             flows.push((d, s, f));
             if cuts.contains(&(d, s)) {
-                let mut replicas = Expression::from(0.0);
-                for k in 0..nk {
-                    if let Some(&v) = x_at.get(&p.cell(entry.model, s, k)) {
-                        replicas += v;
-                    }
-                }
+                let replicas = replicas_at(p, &x_at, entry.model, s).unwrap_or_default();
                 rows.push(constraint!(f <= entry.rps * replicas));
             }
             *served_at
@@ -222,15 +217,7 @@ fn build(p: &Problem, integer: bool, cuts: &HashSet<(usize, usize)>) -> Program 
         }
         let mut sites = Expression::from(0.0);
         for s in 0..ns {
-            let mut here = Expression::from(0.0);
-            let mut any = false;
-            for k in 0..nk {
-                if let Some(&v) = x_at.get(&p.cell(m, s, k)) {
-                    here += v;
-                    any = true;
-                }
-            }
-            if any {
+            if let Some(here) = replicas_at(p, &x_at, m, s) {
                 let mut def = variable().min(0.0).max(1.0);
                 if integer {
                     def = def.binary();
@@ -243,12 +230,7 @@ fn build(p: &Problem, integer: bool, cuts: &HashSet<(usize, usize)>) -> Program 
         rows.push(constraint!(sites >= f64::from(model.min_sites)));
     }
     for &(m, s, n) in &p.pins {
-        let mut here = Expression::from(0.0);
-        for k in 0..nk {
-            if let Some(&v) = x_at.get(&p.cell(m, s, k)) {
-                here += v;
-            }
-        }
+        let here = replicas_at(p, &x_at, m, s).unwrap_or_default();
         rows.push(constraint!(here >= f64::from(n)));
     }
     Program {
@@ -258,6 +240,20 @@ fn build(p: &Problem, integer: bool, cuts: &HashSet<(usize, usize)>) -> Program 
         objective,
         rows,
     }
+}
+
+/// `sum_k x[m,s,k]` over the kinds with a variable there; `None` where there is none.
+fn replicas_at(
+    p: &Problem,
+    x_at: &HashMap<usize, Variable>,
+    m: usize,
+    s: usize,
+) -> Option<Expression> {
+    let mut vars = (0..p.kinds.len())
+        .filter_map(|k| x_at.get(&p.cell(m, s, k)))
+        .peekable();
+    vars.peek()?;
+    Some(vars.copied().sum())
 }
 
 /// Solves `instance` exactly (to `options.mip_rel_gap`, within the time limit).
@@ -388,17 +384,17 @@ pub fn lp_bound_with(
         // the largest against solver tolerances.
         out.bound = out.bound.max(value);
         out.rounds += 1;
-        let mut replicas: HashMap<(usize, usize), f64> = HashMap::new();
-        for &(cell, v) in &program.x {
-            let (nk, ns) = (p.kinds.len(), p.sites.len());
-            *replicas
-                .entry((cell / (nk * ns), (cell / nk) % ns))
-                .or_default() += solution.value(v);
-        }
+        let replicas: HashMap<usize, f64> = program
+            .x
+            .iter()
+            .map(|&(cell, v)| (cell, solution.value(v)))
+            .collect();
         let mut added = 0;
         for &(d, s, f) in &program.flows {
             let entry = &p.entries[d];
-            let open = replicas.get(&(entry.model, s)).copied().unwrap_or(0.0);
+            let open: f64 = (0..p.kinds.len())
+                .filter_map(|k| replicas.get(&p.cell(entry.model, s, k)))
+                .sum();
             if solution.value(f) > entry.rps * open + 1e-6 * entry.rps.max(1.0)
                 && cuts.insert((d, s))
             {

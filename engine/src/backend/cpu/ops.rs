@@ -78,6 +78,25 @@ impl KvLayer<'_> {
     fn offset(&self, block: usize, kv_head: usize) -> usize {
         (block * self.n_kv_heads + kv_head) * self.block_size * self.head_dim
     }
+
+    /// Where block `b` of a sequence's first `n_ctx` positions keeps `kv_head`'s keys
+    /// (and, at the same range, its values); `None` past the context or the table.
+    #[inline(always)]
+    fn span(
+        &self,
+        table: &[crate::kv::BlockId],
+        kv_head: usize,
+        b: usize,
+        n_ctx: usize,
+    ) -> Option<std::ops::Range<usize>> {
+        let first = b * self.block_size;
+        let &block = table.get(b)?;
+        if first >= n_ctx {
+            return None;
+        }
+        let base = self.offset(block as usize, kv_head);
+        Some(base..base + (n_ctx - first).min(self.block_size) * self.head_dim)
+    }
 }
 
 /// Largest head size and query-heads-per-KV-head the attention kernel takes.
@@ -160,21 +179,20 @@ fn attend_with(
     let mut denom = [0f32; MAX_GROUP];
     let mut scores = [0f32; MAX_BLOCK];
     let n_ctx = pos + 1;
-    for (b, &block) in block_table.iter().enumerate() {
-        let first = b * bs;
-        if first >= n_ctx {
-            break;
-        }
-        let n = (n_ctx - first).min(bs);
-        let base = kv.offset(block as usize, kv_head);
-        let keys = &kv.k[base..base + n * hd];
-        let values = &kv.v[base..base + n * hd];
+    let mut b = 0;
+    while let Some(span) = kv.span(block_table, kv_head, b, n_ctx) {
+        let n = span.len() / hd;
+        let (keys, values) = (&kv.k[span.clone()], &kv.v[span]);
         // The blocks ahead are anywhere in the cache (blocks are handed out least
         // recently used first): ask for them while this one computes.
         let ahead = if b == 0 { 1 } else { PREFETCH_AHEAD };
         for a in ahead..=PREFETCH_AHEAD {
-            prefetch_block(kv, block_table, kv_head, b + a, n_ctx);
+            if let Some(next) = kv.span(block_table, kv_head, b + a, n_ctx) {
+                prefetch(&kv.k[next.clone()]);
+                prefetch(&kv.v[next]);
+            }
         }
+        b += 1;
         for h in 0..n_q {
             let qh = &q[h * hd..(h + 1) * hd];
             let mut block_max = f32::NEG_INFINITY;
@@ -208,28 +226,6 @@ fn attend_with(
 
 /// How many blocks ahead attention prefetches.
 const PREFETCH_AHEAD: usize = 2;
-
-/// Prefetches block `b` of a sequence (its first `n_ctx` positions) for `kv_head`.
-#[inline(always)]
-fn prefetch_block(
-    kv: &KvLayer<'_>,
-    block_table: &[crate::kv::BlockId],
-    kv_head: usize,
-    b: usize,
-    n_ctx: usize,
-) {
-    let first = b * kv.block_size;
-    let Some(&block) = block_table.get(b) else {
-        return;
-    };
-    if first >= n_ctx {
-        return;
-    }
-    let len = (n_ctx - first).min(kv.block_size) * kv.head_dim;
-    let base = kv.offset(block as usize, kv_head);
-    prefetch(&kv.k[base..base + len]);
-    prefetch(&kv.v[base..base + len]);
-}
 
 /// Asks for `data`'s cache lines ahead of use: only a hint, no fault and no effect on
 /// results.
