@@ -56,6 +56,10 @@ enum SimCommand {
         /// Also write the model (TOML) here.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Tokens per tile of the engine's matrix products, for a profile recorded
+        /// without its `tile_tokens` column (0: no tile terms).
+        #[arg(long)]
+        tile_tokens: Option<u32>,
     },
     /// Search for the fewest GPUs per PoP that meet a p99 TTFT and TPOT objective on
     /// the scenario, and print the table.
@@ -121,7 +125,11 @@ enum SimCommand {
 
 pub async fn main(args: SimArgs) -> anyhow::Result<ExitCode> {
     match args.command {
-        Some(SimCommand::Fit { profile, out }) => fit(&profile, out.as_deref()),
+        Some(SimCommand::Fit {
+            profile,
+            out,
+            tile_tokens,
+        }) => fit(&profile, out.as_deref(), tile_tokens),
         Some(SimCommand::Trace {
             requests,
             rate,
@@ -364,11 +372,19 @@ fn total_gpus(s: &Scenario) -> u64 {
 }
 
 /// `meridian sim fit`: the engine model of a step profile.
-fn fit(profile: &Path, out: Option<&Path>) -> anyhow::Result<ExitCode> {
-    use meridian_sim::engine_model::{EngineModel, parse_profile, step_overhead_us};
+fn fit(profile: &Path, out: Option<&Path>, tile_tokens: Option<u32>) -> anyhow::Result<ExitCode> {
+    use meridian_sim::engine_model::{
+        EngineModel, parse_profile, profile_tile_tokens, step_overhead_us,
+    };
     let text = std::fs::read_to_string(profile)
         .with_context(|| format!("cannot read {}", profile.display()))?;
-    let fitted = parse_profile(&text).and_then(|samples| EngineModel::fit(&samples));
+    let fitted = parse_profile(&text).and_then(|samples| {
+        let tile = match tile_tokens {
+            Some(t) => t,
+            None => profile_tile_tokens(&text)?,
+        };
+        EngineModel::fit(&samples, tile)
+    });
     let (model, report) = match fitted {
         Ok(f) => f,
         Err(e) => {

@@ -281,7 +281,7 @@ impl Engine {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         let profile = config.step_profile.as_deref().and_then(|path| {
-            match StepProfile::open(path) {
+            match StepProfile::open(path, backend.token_tile()) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "cannot open the step profile; not recording");
@@ -581,16 +581,29 @@ fn spawn_dispatcher() -> Option<UnboundedSender<Outbox>> {
 /// is fitted on. Buffered; a write error stops the profile, never the engine.
 struct StepProfile {
     out: std::io::BufWriter<std::fs::File>,
+    /// The backend's [`crate::backend::Backend::token_tile`], on every line.
+    tile: usize,
 }
 
 impl StepProfile {
     /// The columns, in order.
     const HEADER: &'static str = "unix_us,sequences,prefill_sequences,prefill_tokens,\
-        decode_tokens,context_tokens,step_us,prefill_attention";
+        decode_tokens,context_tokens,step_us,prefill_attention,tile_tokens";
 
-    fn open(path: &std::path::Path) -> std::io::Result<Self> {
-        use std::io::Write;
+    /// Opens `path` to append to; a file that holds lines of another format is refused
+    /// (its lines and ours would not parse as one profile).
+    fn open(path: &std::path::Path, tile: usize) -> std::io::Result<Self> {
+        use std::io::{BufRead, Write};
         let fresh = std::fs::metadata(path).map_or(true, |m| m.len() == 0);
+        if !fresh {
+            let mut first = String::new();
+            std::io::BufReader::new(std::fs::File::open(path)?).read_line(&mut first)?;
+            if first.trim_end() != Self::HEADER {
+                return Err(std::io::Error::other(
+                    "the file holds a profile of another format; name a new file",
+                ));
+            }
+        }
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -599,7 +612,7 @@ impl StepProfile {
         if fresh {
             writeln!(out, "{}", Self::HEADER)?;
         }
-        Ok(Self { out })
+        Ok(Self { out, tile })
     }
 
     fn record(&mut self, plan: &StepPlan, took: Duration) -> std::io::Result<()> {
@@ -622,9 +635,10 @@ impl StepProfile {
             .map_or(0, |d| d.as_micros());
         writeln!(
             self.out,
-            "{unix_us},{},{prefill_seqs},{prefill},{decode},{context},{},{attention}",
+            "{unix_us},{},{prefill_seqs},{prefill},{decode},{context},{},{attention},{}",
             plan.chunks.len(),
-            took.as_micros()
+            took.as_micros(),
+            self.tile
         )
     }
 

@@ -327,7 +327,7 @@ fn the_step_profile_records_every_step() {
     assert_eq!(
         lines.next(),
         Some(
-            "unix_us,sequences,prefill_sequences,prefill_tokens,decode_tokens,context_tokens,step_us,prefill_attention"
+            "unix_us,sequences,prefill_sequences,prefill_tokens,decode_tokens,context_tokens,step_us,prefill_attention,tile_tokens"
         )
     );
     let rows: Vec<Vec<u64>> = lines
@@ -345,6 +345,22 @@ fn the_step_profile_records_every_step() {
     let attention: u64 = rows.iter().map(|r| r[7]).sum();
     assert_eq!(attention, prompt * (prompt + 1) / 2, "{csv}");
     assert!(rows.iter().all(|r| (r[3] == 0) == (r[7] == 0)), "{csv}");
+    // The kernel's token tile on every line.
+    let tile = meridian_engine::backend::cpu::matmul::Kernel::detect().token_tile() as u64;
+    assert!(rows.iter().all(|r| r[8] == tile), "{csv}");
+    // Appending to a profile of another format is refused, not mixed in.
+    let old = dir.path().join("old.csv");
+    std::fs::write(&old, "unix_us,step_us\n1,2\n").unwrap();
+    let e = engine(EngineConfig {
+        step_profile: Some(old.clone()),
+        ..Default::default()
+    });
+    e.generate_blocking(greedy(text("Hello"), 2)).unwrap();
+    drop(e);
+    assert_eq!(
+        std::fs::read_to_string(&old).unwrap(),
+        "unix_us,step_us\n1,2\n"
+    );
 }
 
 #[test]

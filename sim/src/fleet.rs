@@ -41,10 +41,12 @@ pub fn replica_rps(e: &EngineSpec, shared_prefix: u32, mean_prompt: f64, mean_ou
     let step_us = e.step_overhead_us
         + m.base_us
         + m.decode_token_us * batch
+        + m.tiles_us(batch)
         + m.context_token_us * batch * mean_context;
     let attention = StepShape::chunk_attention(shared_prefix, own_prompt as u32);
     let per_request_us = mean_output * step_us / batch
         + own_prompt * m.prefill_token_us
+        + m.tiles_us(own_prompt)
         + attention * m.prefill_attention_us;
     1e6 / per_request_us.max(1e-9)
 }

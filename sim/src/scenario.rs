@@ -191,6 +191,14 @@ pub struct EngineSpec {
     /// Per query-key pair of the prompt tokens a step computes.
     #[serde(default)]
     pub prefill_attention_us: f64,
+    /// Tokens per tile of the matrix products (0: no tile terms), the cost of a tile,
+    /// and of a step with more than one.
+    #[serde(default)]
+    pub tile_tokens: u32,
+    #[serde(default)]
+    pub tile_us: f64,
+    #[serde(default)]
+    pub multi_tile_us: f64,
     /// Host time between steps, microseconds (scheduling, sampling, streaming).
     #[serde(default)]
     pub step_overhead_us: f64,
@@ -212,6 +220,9 @@ impl EngineSpec {
             decode_token_us: self.decode_token_us,
             context_token_us: self.context_token_us,
             prefill_attention_us: self.prefill_attention_us,
+            tile_tokens: self.tile_tokens,
+            tile_us: self.tile_us,
+            multi_tile_us: self.multi_tile_us,
         }
     }
 }
@@ -473,15 +484,18 @@ impl Scenario {
                     c.decode_token_us,
                     c.context_token_us,
                     c.prefill_attention_us,
+                    c.tile_us,
+                    c.multi_tile_us,
                 ]
                 .iter()
                 .chain([&e.step_overhead_us])
                 .any(|v| !(v.is_finite() && *v >= 0.0))
-                    || c.base_us + c.decode_token_us + e.step_overhead_us <= 0.0
+                    || c.base_us + c.decode_token_us + c.tiles_us(1.0) + e.step_overhead_us <= 0.0
+                    || (c.tile_us + c.multi_tile_us > 0.0 && c.tile_tokens == 0)
                 {
                     return bad(format!(
-                        "model {} on {kind}: engine coefficients must be non-negative and \
-                         a step must take time",
+                        "model {} on {kind}: engine coefficients must be non-negative, \
+                         a step must take time, and tile costs need tile_tokens",
                         m.id
                     ));
                 }

@@ -479,7 +479,10 @@ impl Worker {
             self.prefilling.push_back(p);
         }
 
-        let fixed = self.overhead_us + m.base_us + m.decode_token_us * f64::from(n);
+        let fixed = self.overhead_us
+            + m.base_us
+            + m.decode_token_us * f64::from(n)
+            + m.tiles_us(f64::from(n));
         let seg = if prefill > 0 {
             self.prefill_tokens += u64::from(prefill);
             let shape = StepShape {

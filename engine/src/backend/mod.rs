@@ -118,4 +118,11 @@ pub trait Backend: Send {
 
     /// A short description for logs and `Health` (device, kernel path, threads).
     fn describe(&self) -> String;
+
+    /// Tokens the matrix products take per tile, each tile reading the weights again
+    /// (the step profile records it; the simulator's engine model has terms for it); 0
+    /// where a step has no such structure worth modelling.
+    fn token_tile(&self) -> usize {
+        0
+    }
 }

@@ -381,6 +381,13 @@ impl Backend for CpuBackend {
         }
     }
 
+    fn token_tile(&self) -> usize {
+        match self.activations() {
+            Activations::Q8 => matmul::Kernel::detect().token_tile(),
+            Activations::F32 => 0,
+        }
+    }
+
     fn step(&mut self, batch: &Batch<'_>, logits: &mut [f32]) -> Result<(), EngineError> {
         // One hand-off to the pool per step: every product and the attention inside run
         // on its threads without crossing back to the caller's.

@@ -20,7 +20,7 @@ use super::out::OutRows;
 use super::{BLOCK, PANEL, prefetch, scalar};
 
 /// Tokens per register tile (16 ymm registers).
-const TILE: usize = 4;
+pub(super) const TILE: usize = 4;
 /// Rows per half group (one i32 lane each in a ymm).
 const HALF: usize = ROWS / 2;
 

@@ -21,7 +21,7 @@ use super::{BLOCK, PANEL, prefetch, scalar};
 
 /// Tokens per register tile: 2 zmm each (int and float accumulators) leaves
 /// room for the line, its nibbles and the scales in 32 registers.
-const TILE: usize = 8;
+pub(super) const TILE: usize = 8;
 
 const Q4_0: u8 = 0;
 const Q4_1: u8 = 1;

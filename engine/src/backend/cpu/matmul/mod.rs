@@ -127,6 +127,22 @@ impl Kernel {
         }
     }
 
+    /// Tokens the kernel multiplies per register tile: each tile reads and unpacks the
+    /// weights again, so a step's time jumps where its tokens take one tile more (the
+    /// simulator's engine model has terms for it). 0 for the scalar kernel, which takes
+    /// one token at a time (no jump beyond the cost per token).
+    pub fn token_tile(self) -> usize {
+        match self {
+            Kernel::Scalar => 0,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => avx2::TILE,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => avx512::TILE,
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx2 | Kernel::Avx512Vnni => 0,
+        }
+    }
+
     /// Whether this CPU has the instructions the kernel needs.
     pub fn is_available(self) -> bool {
         match self {
