@@ -374,7 +374,7 @@ fn total_gpus(s: &Scenario) -> u64 {
 /// `meridian sim fit`: the engine model of a step profile.
 fn fit(profile: &Path, out: Option<&Path>, tile_tokens: Option<u32>) -> anyhow::Result<ExitCode> {
     use meridian_sim::engine_model::{
-        EngineModel, parse_profile, profile_tile_tokens, step_overhead_us,
+        EngineModel, parse_profile, profile_tile_tokens, step_overhead,
     };
     let text = std::fs::read_to_string(profile)
         .with_context(|| format!("cannot read {}", profile.display()))?;
@@ -393,8 +393,11 @@ fn fit(profile: &Path, out: Option<&Path>, tile_tokens: Option<u32>) -> anyhow::
         }
     };
     let mut toml = toml::to_string(&model)?;
-    if let Some(overhead) = step_overhead_us(&text) {
-        toml.push_str(&format!("step_overhead_us = {overhead}\n"));
+    if let Some(o) = step_overhead(&text) {
+        toml.push_str(&format!(
+            "step_overhead_us = {}\nstep_overhead_sequence_us = {}\n",
+            o.base_us, o.sequence_us
+        ));
     }
     println!(
         "# fitted on {} steps of {}: R^2 {:.3}, mean relative error {:.1}%, predicted/measured total {:.3}",

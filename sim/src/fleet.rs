@@ -38,7 +38,7 @@ pub fn replica_rps(e: &EngineSpec, shared_prefix: u32, mean_prompt: f64, mean_ou
     let batch = f64::from(e.max_running)
         .min((kv_tokens / (mean_context + f64::from(e.block_size) / 2.0)).floor())
         .max(1.0);
-    let step_us = e.step_overhead_us
+    let step_us = e.overhead_us(batch)
         + m.base_us
         + m.decode_token_us * batch
         + m.tiles_us(batch)

@@ -199,9 +199,12 @@ pub struct EngineSpec {
     pub tile_us: f64,
     #[serde(default)]
     pub multi_tile_us: f64,
-    /// Host time between steps, microseconds (scheduling, sampling, streaming).
+    /// Host time between steps, microseconds (scheduling, sampling, streaming): once a
+    /// step, and per sequence of the step.
     #[serde(default)]
     pub step_overhead_us: f64,
+    #[serde(default)]
+    pub step_overhead_sequence_us: f64,
     #[serde(default = "max_batch_tokens")]
     pub max_batch_tokens: u32,
     #[serde(default = "max_running")]
@@ -212,6 +215,16 @@ pub struct EngineSpec {
 }
 
 impl EngineSpec {
+    /// Host time between two steps after one of `sequences` sequences.
+    pub fn overhead_us(&self, sequences: f64) -> f64 {
+        self.step_overhead_us + self.step_overhead_sequence_us * sequences
+    }
+
+    /// [`EngineSpec::overhead_us`] after a one-sequence step.
+    pub fn one_sequence_overhead_us(&self) -> f64 {
+        self.overhead_us(1.0)
+    }
+
     /// The step-time model.
     pub fn model(&self) -> EngineModel {
         EngineModel {
@@ -488,9 +501,13 @@ impl Scenario {
                     c.multi_tile_us,
                 ]
                 .iter()
-                .chain([&e.step_overhead_us])
+                .chain([&e.step_overhead_us, &e.step_overhead_sequence_us])
                 .any(|v| !(v.is_finite() && *v >= 0.0))
-                    || c.base_us + c.decode_token_us + c.tiles_us(1.0) + e.step_overhead_us <= 0.0
+                    || c.base_us
+                        + c.decode_token_us
+                        + c.tiles_us(1.0)
+                        + e.one_sequence_overhead_us()
+                        <= 0.0
                     || (c.tile_us + c.multi_tile_us > 0.0 && c.tile_tokens == 0)
                 {
                     return bad(format!(

@@ -134,7 +134,9 @@ impl Segment {
 #[derive(Debug)]
 pub struct Worker {
     model: EngineModel,
+    /// Host time between steps: once a step, and per sequence of the step.
     overhead_us: f64,
+    overhead_sequence_us: f64,
     max_batch_tokens: u32,
     max_running: u32,
     kv_blocks: u64,
@@ -172,6 +174,7 @@ impl Worker {
         Self {
             model: spec.model(),
             overhead_us: spec.step_overhead_us,
+            overhead_sequence_us: spec.step_overhead_sequence_us,
             max_batch_tokens: spec.max_batch_tokens,
             max_running: spec.max_running,
             kv_blocks: u64::from(spec.kv_blocks),
@@ -427,6 +430,8 @@ impl Worker {
         let mut prefill = 0u32;
         let mut prefill_context = 0f64;
         let mut prefill_attention = 0f64;
+        // Prefill chunks in the step (sequences other than the decoding ones).
+        let mut chunks = 0u32;
 
         // Prefill chunks: admitted prompts first, then new ones while room lasts.
         let mut free_blocks = self.kv_blocks.saturating_sub(self.blocks_at(s, 0));
@@ -446,6 +451,7 @@ impl Worker {
             self.prefill_kv += u64::from(take);
             budget -= take;
             prefill += take;
+            chunks += 1;
             prefill_context += f64::from(p.context);
         }
         while budget > 0 && self.running() < self.max_running {
@@ -475,14 +481,15 @@ impl Worker {
             self.prefill_kv += u64::from(take);
             budget -= take;
             prefill += take;
+            chunks += 1;
             prefill_context += f64::from(p.context);
             self.prefilling.push_back(p);
         }
 
-        let fixed = self.overhead_us
-            + m.base_us
-            + m.decode_token_us * f64::from(n)
-            + m.tiles_us(f64::from(n));
+        let (once, per_sequence) = (self.overhead_us, self.overhead_sequence_us);
+        let overhead = |sequences: u32| once + per_sequence * f64::from(sequences);
+        let fixed =
+            overhead(n) + m.base_us + m.decode_token_us * f64::from(n) + m.tiles_us(f64::from(n));
         let seg = if prefill > 0 {
             self.prefill_tokens += u64::from(prefill);
             let shape = StepShape {
@@ -495,7 +502,7 @@ impl Worker {
                 start_us: now_us,
                 first_step: s,
                 steps: 1,
-                a: self.overhead_us + m.step_us(&shape),
+                a: overhead(n + chunks) + m.step_us(&shape),
                 b: 0.0,
                 mixed: true,
             }

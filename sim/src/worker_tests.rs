@@ -10,8 +10,8 @@ use super::*;
 fn spec(max_running: u32, max_batch_tokens: u32, kv_blocks: u32) -> EngineSpec {
     toml::from_str(&format!(
         "base_us = 900\nprefill_token_us = 7\ndecode_token_us = 40\ncontext_token_us = 0.3\n\
-         prefill_attention_us = 0.02\n\
-         step_overhead_us = 50\nmax_running = {max_running}\n\
+         prefill_attention_us = 0.02\ntile_tokens = 4\ntile_us = 30\nmulti_tile_us = 200\n\
+         step_overhead_us = 50\nstep_overhead_sequence_us = 3\nmax_running = {max_running}\n\
          max_batch_tokens = {max_batch_tokens}\nkv_blocks = {kv_blocks}\nblock_size = 16\n"
     ))
     .unwrap()
@@ -67,7 +67,7 @@ fn reference(spec: &EngineSpec, jobs: &[(f64, u32, u32)]) -> (Vec<(f64, f64)>, u
             }
             shape.context_tokens += (c.start + c.len) as f64;
         }
-        t += spec.step_overhead_us + model.step_us(&shape);
+        t += spec.overhead_us(plan.chunks.len() as f64) + model.step_us(&shape);
         sched.complete(&plan);
         for c in plan.chunks.iter().filter(|c| c.logits) {
             let g = generated.entry(c.seq).or_default();

@@ -770,7 +770,7 @@ impl<'a> World<'a> {
             self.violations += 1;
         }
         let worker = Worker::new(engine);
-        let step_ms = ((engine.step_overhead_us
+        let step_ms = ((engine.one_sequence_overhead_us()
             + engine.base_us
             + engine.decode_token_us
             + engine.model().tiles_us(1.0))
