@@ -8,7 +8,7 @@
 //! the step that computes its last prompt token; each later step adds one token. When KV
 //! blocks run out for decodes, the newest sequence is preempted and recomputed later, as
 //! the engine does. A step takes the fitted [`EngineModel`] time of its shape plus the
-//! host overhead between steps.
+//! host overhead between steps (once a step and per sequence of the step).
 //!
 //! What makes it fast: steps that only decode have the same shape but for a context that
 //! grows by one token per sequence, so their durations form an arithmetic series. Such a
