@@ -211,12 +211,11 @@ impl EngineModel {
 
     /// How well the model explains `samples`.
     fn report(&self, samples: &[(StepShape, f64)]) -> FitReport {
-        let model = self;
         let mean = samples.iter().map(|(_, y)| y).sum::<f64>() / samples.len() as f64;
         let (mut ss_res, mut ss_tot, mut rel, mut pred_sum, mut meas_sum) =
             (0.0, 0.0, 0.0, 0.0, 0.0);
         for (shape, y) in samples {
-            let p = model.step_us(shape);
+            let p = self.step_us(shape);
             ss_res += (p - y) * (p - y);
             ss_tot += (y - mean) * (y - mean);
             rel += (p - y).abs() / y.max(1.0);
@@ -379,6 +378,13 @@ pub fn profile_tile_tokens(text: &str) -> Result<u32, SimError> {
 pub struct StepOverhead {
     pub base_us: f64,
     pub sequence_us: f64,
+}
+
+impl StepOverhead {
+    /// The gap after a step of `sequences` sequences, microseconds.
+    pub fn at(&self, sequences: f64) -> f64 {
+        self.base_us + self.sequence_us * sequences
+    }
 }
 
 /// The [`StepOverhead`] of a profile: the median gap between one step's end and the

@@ -38,11 +38,12 @@ pub fn replica_rps(e: &EngineSpec, shared_prefix: u32, mean_prompt: f64, mean_ou
     let batch = f64::from(e.max_running)
         .min((kv_tokens / (mean_context + f64::from(e.block_size) / 2.0)).floor())
         .max(1.0);
-    let step_us = e.overhead_us(batch)
-        + m.base_us
-        + m.decode_token_us * batch
-        + m.tiles_us(batch)
-        + m.context_token_us * batch * mean_context;
+    let step_us = e.overhead().at(batch)
+        + m.step_us(&StepShape {
+            decode_tokens: batch,
+            context_tokens: batch * mean_context,
+            ..StepShape::default()
+        });
     let attention = StepShape::chunk_attention(shared_prefix, own_prompt as u32);
     let per_request_us = mean_output * step_us / batch
         + own_prompt * m.prefill_token_us

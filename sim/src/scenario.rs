@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::SimError;
-use crate::engine_model::EngineModel;
+use crate::engine_model::{EngineModel, StepOverhead, StepShape};
 
 /// One simulated run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -215,14 +215,21 @@ pub struct EngineSpec {
 }
 
 impl EngineSpec {
-    /// Host time between two steps after one of `sequences` sequences.
-    pub fn overhead_us(&self, sequences: f64) -> f64 {
-        self.step_overhead_us + self.step_overhead_sequence_us * sequences
+    /// Host time between steps.
+    pub fn overhead(&self) -> StepOverhead {
+        StepOverhead {
+            base_us: self.step_overhead_us,
+            sequence_us: self.step_overhead_sequence_us,
+        }
     }
 
-    /// [`EngineSpec::overhead_us`] after a one-sequence step.
-    pub fn one_sequence_overhead_us(&self) -> f64 {
-        self.overhead_us(1.0)
+    /// A step that decodes one token with no context, and the host time after it.
+    pub fn one_token_step_us(&self) -> f64 {
+        let one = StepShape {
+            decode_tokens: 1.0,
+            ..StepShape::default()
+        };
+        self.overhead().at(1.0) + self.model().step_us(&one)
     }
 
     /// The step-time model.
@@ -503,11 +510,7 @@ impl Scenario {
                 .iter()
                 .chain([&e.step_overhead_us, &e.step_overhead_sequence_us])
                 .any(|v| !(v.is_finite() && *v >= 0.0))
-                    || c.base_us
-                        + c.decode_token_us
-                        + c.tiles_us(1.0)
-                        + e.one_sequence_overhead_us()
-                        <= 0.0
+                    || e.one_token_step_us() <= 0.0
                     || (c.tile_us + c.multi_tile_us > 0.0 && c.tile_tokens == 0)
                 {
                     return bad(format!(

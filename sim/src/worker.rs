@@ -23,7 +23,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-use crate::engine_model::{EngineModel, StepShape};
+use crate::engine_model::{EngineModel, StepOverhead, StepShape};
 use crate::scenario::EngineSpec;
 
 /// The simulator's handle of a request.
@@ -135,8 +135,7 @@ impl Segment {
 pub struct Worker {
     model: EngineModel,
     /// Host time between steps: once a step, and per sequence of the step.
-    overhead_us: f64,
-    overhead_sequence_us: f64,
+    overhead: StepOverhead,
     max_batch_tokens: u32,
     max_running: u32,
     kv_blocks: u64,
@@ -173,8 +172,7 @@ impl Worker {
     pub fn new(spec: &EngineSpec) -> Self {
         Self {
             model: spec.model(),
-            overhead_us: spec.step_overhead_us,
-            overhead_sequence_us: spec.step_overhead_sequence_us,
+            overhead: spec.overhead(),
             max_batch_tokens: spec.max_batch_tokens,
             max_running: spec.max_running,
             kv_blocks: u64::from(spec.kv_blocks),
@@ -486,10 +484,12 @@ impl Worker {
             self.prefilling.push_back(p);
         }
 
-        let (once, per_sequence) = (self.overhead_us, self.overhead_sequence_us);
-        let overhead = |sequences: u32| once + per_sequence * f64::from(sequences);
-        let fixed =
-            overhead(n) + m.base_us + m.decode_token_us * f64::from(n) + m.tiles_us(f64::from(n));
+        // A decode step's time but for its context, which grows through a segment.
+        let fixed = self.overhead.at(f64::from(n))
+            + m.step_us(&StepShape {
+                decode_tokens: f64::from(n),
+                ..StepShape::default()
+            });
         let seg = if prefill > 0 {
             self.prefill_tokens += u64::from(prefill);
             let shape = StepShape {
@@ -502,7 +502,7 @@ impl Worker {
                 start_us: now_us,
                 first_step: s,
                 steps: 1,
-                a: overhead(n + chunks) + m.step_us(&shape),
+                a: self.overhead.at(f64::from(n + chunks)) + m.step_us(&shape),
                 b: 0.0,
                 mixed: true,
             }

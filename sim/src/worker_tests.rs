@@ -67,7 +67,7 @@ fn reference(spec: &EngineSpec, jobs: &[(f64, u32, u32)]) -> (Vec<(f64, f64)>, u
             }
             shape.context_tokens += (c.start + c.len) as f64;
         }
-        t += spec.overhead_us(plan.chunks.len() as f64) + model.step_us(&shape);
+        t += spec.overhead().at(plan.chunks.len() as f64) + model.step_us(&shape);
         sched.complete(&plan);
         for c in plan.chunks.iter().filter(|c| c.logits) {
             let g = generated.entry(c.seq).or_default();

@@ -770,11 +770,7 @@ impl<'a> World<'a> {
             self.violations += 1;
         }
         let worker = Worker::new(engine);
-        let step_ms = ((engine.one_sequence_overhead_us()
-            + engine.base_us
-            + engine.decode_token_us
-            + engine.model().tiles_us(1.0))
-            / 1000.0) as f32;
+        let step_ms = (engine.one_token_step_us() / 1000.0) as f32;
         self.workers.push(SimWorker {
             engine: worker,
             pop: p as u32,
