@@ -139,15 +139,18 @@ pub fn reconcile(
             *n += 1;
             let wanted = want.get(&(pop, k.0, k.1)).copied().unwrap_or(0);
             if *n > wanted && usable(&busy, w) {
-                unload.push((w.worker_id.clone(), w.model.clone()));
+                unload.push(w.worker_id.clone());
             }
         }
-        for (worker, model) in unload {
+        // A replica the placement takes away drains: routers stop sending to it and
+        // its in-flight requests finish before the model is unloaded (an `Unload`
+        // would cancel them).
+        for worker in unload {
             busy.insert((pop.to_string(), worker.clone()));
             send(
                 pop,
                 &worker,
-                pb::directive::Action::Unload(pb::UnloadModel { model }),
+                pb::directive::Action::Drain(pb::DrainWorker {}),
             );
         }
         if cordoned {
@@ -322,7 +325,7 @@ mod tests {
     }
 
     #[test]
-    fn placement_unloads_surplus_and_loads_missing() {
+    fn placement_drains_surplus_and_loads_missing() {
         let f = fleet(
             &[
                 ("w0", "a", WorkerState::Warm),
@@ -355,7 +358,7 @@ mod tests {
             ],
         };
         let actions = reconcile(&f, Some(&placement), &[], &mut ids());
-        assert_eq!(kinds(&actions), ["w1:unload a", "w2:load b"]);
+        assert_eq!(kinds(&actions), ["w1:drain", "w2:load b"]);
         // A cordoned PoP gets no new replicas.
         let cordoned = fleet(
             &[("w2", "", WorkerState::Unloaded)],
