@@ -1,10 +1,11 @@
 //! Quantized matmul on SmolLM2-135M's shapes with random weights: criterion
-//! timings for the detected kernel, then a table of GFLOP/s (2·m·k·n per
+//! timings for the detected kernel, a table of GFLOP/s (2·m·k·n per
 //! product) for every kernel this CPU runs, and the effective weight
-//! bandwidth of batch-1 products.
+//! bandwidth of batch-1 products, then products streamed from memory by token count.
 //!
 //! `cargo bench -p meridian-engine --bench matmul`; `MATMUL_TABLE=0` skips the
-//! table. Run it on an idle machine: it uses a 2-thread pool.
+//! tables, `MATMUL_TABLE=streamed` prints only the streamed products by token
+//! count. Run it on an idle machine: it uses a 2-thread pool.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -201,6 +202,51 @@ fn bandwidth() {
     }
 }
 
+/// Products streamed from memory as a decode step streams the model (copies of the
+/// FFN matrices, about 256 MiB), one thread, at token counts on both sides of the
+/// detected kernel's register tile: what one more sequence costs a step's products.
+fn streamed_by_tokens() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("thread pool");
+    let mut rng = Rng(0x6A09_E667_F3BC_C908);
+    let (m, k) = (1536, 576);
+    let proto = random_matrix(&mut rng, GgmlType::Q4_1, m, k);
+    let copies = (256 << 20) / proto.bytes() + 1;
+    let ws: Vec<QMatrix> = (0..copies)
+        .map(|_| random_matrix(&mut rng, GgmlType::Q4_1, m, k))
+        .collect();
+    let kernel = Kernel::detect();
+    println!(
+        "\nStreamed Q4_1 {m}x{k} products, {copies} copies ({:.0} MiB), 1 thread, {} (token tile {}):",
+        (proto.bytes() * copies) as f64 / (1 << 20) as f64,
+        kernel.name(),
+        kernel.token_tile()
+    );
+    println!(
+        "{:>7}{:>12}{:>22}",
+        "tokens", "ms a pass", "ms per added token"
+    );
+    let mut last: Option<(usize, f64)> = None;
+    for n in [1, 4, 8, 9, 12, 13, 16, 17, 24, 25, 32, 33] {
+        let acts = random_acts(&mut rng, n, k);
+        let mut out = vec![0f32; n * m];
+        let s = pool.install(|| {
+            time_it(Duration::from_millis(1500), || {
+                for w in &ws {
+                    matmul(w, &acts, &mut out, &pool);
+                }
+            })
+        });
+        let step = last.map_or(String::new(), |(n0, s0)| {
+            format!("{:>22.3}", (s - s0) * 1e3 / (n - n0) as f64)
+        });
+        println!("{n:>7}{:>12.2}{step}", s * 1e3);
+        last = Some((n, s));
+    }
+}
+
 /// Activation quantization, which the engine does once per input and shares
 /// between the products that read it.
 fn quantize_speed() {
@@ -233,6 +279,9 @@ fn quantize_speed() {
 }
 
 fn main() {
+    if std::env::var("MATMUL_TABLE").as_deref() == Ok("streamed") {
+        return streamed_by_tokens();
+    }
     let args: Vec<String> = std::env::args().collect();
     let mut c = Criterion::default().configure_from_args();
     bench_matmul(&mut c);
@@ -245,6 +294,7 @@ fn main() {
         println!("kernel chosen on this CPU: {}", Kernel::detect().name());
         table();
         bandwidth();
+        streamed_by_tokens();
         quantize_speed();
     }
 }
