@@ -63,9 +63,9 @@ fn random_acts(rng: &mut Rng, n: usize, k: usize) -> QuantizedActs {
     acts
 }
 
-fn pool() -> rayon::ThreadPool {
+fn pool(threads: usize) -> rayon::ThreadPool {
     rayon::ThreadPoolBuilder::new()
-        .num_threads(THREADS)
+        .num_threads(threads)
         .build()
         .expect("thread pool")
 }
@@ -75,7 +75,7 @@ fn flops(m: usize, k: usize, n: usize) -> u64 {
 }
 
 fn bench_matmul(c: &mut Criterion) {
-    let pool = pool();
+    let pool = pool(THREADS);
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut group = c.benchmark_group("matmul");
     group
@@ -116,7 +116,7 @@ fn time_it(min_time: Duration, mut f: impl FnMut()) -> f64 {
 }
 
 fn table() {
-    let pool = pool();
+    let pool = pool(THREADS);
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
     println!("\nGFLOP/s (2·m·k·n / best time), {THREADS} threads:");
     print!("{:<20}{:<13}", "shape", "kernel");
@@ -156,7 +156,7 @@ fn table() {
 /// resident when it fits) and rotating through copies that together exceed
 /// the caches (about 256 MiB, as a decode step streams the whole model).
 fn bandwidth() {
-    let pool = pool();
+    let pool = pool(THREADS);
     let mut rng = Rng(0xD1B5_4A32_D192_ED03);
     println!("\nBatch-1 effective weight bandwidth (GB/s), {THREADS} threads:");
     println!(
@@ -206,10 +206,7 @@ fn bandwidth() {
 /// FFN matrices, about 256 MiB), one thread, at token counts on both sides of the
 /// detected kernel's register tile: what one more sequence costs a step's products.
 fn streamed_by_tokens() {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .expect("thread pool");
+    let pool = pool(1);
     let mut rng = Rng(0x6A09_E667_F3BC_C908);
     let (m, k) = (1536, 576);
     let proto = random_matrix(&mut rng, GgmlType::Q4_1, m, k);
@@ -253,7 +250,7 @@ fn quantize_speed() {
     let mut rng = Rng(7);
     let (n, k) = (512, 576);
     let x: Vec<f32> = (0..n * k).map(|_| rng.unit()).collect();
-    let pool = pool();
+    let pool = pool(THREADS);
     println!(
         "\nQuantizing {n}x{k} activations (`quantize`, one thread; `quantize_in`, {THREADS}):"
     );

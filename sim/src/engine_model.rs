@@ -442,6 +442,9 @@ pub fn step_overhead(text: &str) -> Option<StepOverhead> {
         .filter(|(_, v)| v.len() >= 5)
         .map(|(n, v)| (f64::from(*n), median(v), v.len() as f64))
         .collect();
+    if points.len() < 2 {
+        return Some(flat);
+    }
     let w: f64 = points.iter().map(|p| p.2).sum();
     let mean_n = points.iter().map(|p| p.0 * p.2).sum::<f64>() / w;
     let mean_gap = points.iter().map(|p| p.1 * p.2).sum::<f64>() / w;
@@ -450,7 +453,7 @@ pub fn step_overhead(text: &str) -> Option<StepOverhead> {
         .iter()
         .map(|p| p.2 * (p.0 - mean_n) * (p.1 - mean_gap))
         .sum();
-    if points.len() < 2 || sxx <= 0.0 || sxy <= 0.0 {
+    if sxx <= 0.0 || sxy <= 0.0 {
         return Some(flat);
     }
     let slope = sxy / sxx;

@@ -484,12 +484,6 @@ impl Worker {
             self.prefilling.push_back(p);
         }
 
-        // A decode step's time but for its context, which grows through a segment.
-        let fixed = self.overhead.at(f64::from(n))
-            + m.step_us(&StepShape {
-                decode_tokens: f64::from(n),
-                ..StepShape::default()
-            });
         let seg = if prefill > 0 {
             self.prefill_tokens += u64::from(prefill);
             let shape = StepShape {
@@ -514,11 +508,18 @@ impl Worker {
             let mut steps = next_finish.saturating_sub(s) + 1;
             let room = self.kv_blocks.saturating_sub(self.blocks_at(s, 0)) * bs;
             steps = steps.min(room / u64::from(n) + 1).max(1);
+            // The first step's time; each later one reads one more token of context
+            // per sequence.
+            let first = StepShape {
+                decode_tokens: f64::from(n),
+                context_tokens: decode_context,
+                ..StepShape::default()
+            };
             Segment {
                 start_us: now_us,
                 first_step: s,
                 steps,
-                a: fixed + m.context_token_us * decode_context,
+                a: self.overhead.at(f64::from(n)) + m.step_us(&first),
                 b: m.context_token_us * f64::from(n),
                 mixed: false,
             }
